@@ -1,0 +1,30 @@
+"""The ``cusemo-batch`` command line: a thin layer over the library API.
+
+Commands import heavy modules (torch, onnxruntime) lazily, inside the command, so ``--help`` is
+instant and scoring never imports torch. Exit codes: 0 ok, 1 some items failed, 2 usage or input
+error, 3 output locked by another run.
+"""
+
+from __future__ import annotations
+
+import click
+
+from cusemo_batch import __version__
+
+
+@click.group(context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 100})
+@click.version_option(__version__, prog_name="cusemo-batch")
+def main() -> None:
+    """Continuous speech-emotion (valence, arousal) analytics for call-center recordings."""
+
+
+def _register() -> None:
+    from .corpus import corpus
+    from .train import evaluate, train
+
+    main.add_command(corpus)
+    main.add_command(train)
+    main.add_command(evaluate)
+
+
+_register()

@@ -1,0 +1,35 @@
+"""Shared fixtures. Real speech comes from ../shared/data/ravdess (RAVDESS, CC BY-NC-SA 4.0).
+
+Set CUSEMO_DATA to point elsewhere. Tests that need real speech skip when it is absent on a
+developer machine, but fail under CI (CI=true), where a silent skip would hide lost coverage.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import pytest
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+def _data_root() -> Path:
+    env = os.environ.get("CUSEMO_DATA")
+    return Path(env) if env else REPO.parent / "shared" / "data"
+
+
+@pytest.fixture(scope="session")
+def ravdess_dir() -> Path:
+    d = _data_root() / "ravdess"
+    if not (d / "manifest.csv").is_file():
+        msg = f"real speech not found at {d} (set CUSEMO_DATA)"
+        if os.environ.get("CI"):
+            pytest.fail(msg)
+        pytest.skip(msg)
+    return d
+
+
+@pytest.fixture(scope="session")
+def ravdess_manifest(ravdess_dir: Path) -> Path:
+    return ravdess_dir / "manifest.csv"
