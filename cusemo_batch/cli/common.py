@@ -13,8 +13,8 @@ from rich.console import Console
 F = TypeVar("F", bound=Callable)
 
 # rich switches to plain output (no colour, no live bars) when stdout is not a terminal.
-console = Console(highlight=False)
-err_console = Console(stderr=True, highlight=False)
+console = Console(highlight=False, soft_wrap=True)
+err_console = Console(stderr=True, highlight=False, soft_wrap=True)
 
 
 class UserError(click.ClickException):

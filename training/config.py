@@ -1,0 +1,171 @@
+"""Training configuration: one TOML file per experiment (``training/configs/*.toml``).
+
+```toml
+[model]   # CRNN sizes; defaults = the paper
+[data]    # label rate, segment length, gold standard, split, auxiliary targets, augmentation
+[train]   # optimiser, batch size, epochs, seeds, early stopping
+[loss]    # alpha (interval context CCC) and beta (binary context BCE) weights of eq. 3
+```
+Any key left out takes the default below (the paper's protocol). Unknown keys are errors: a typo in
+a config must not silently train the wrong experiment.
+"""
+
+from __future__ import annotations
+
+import json
+import tomllib
+from dataclasses import asdict, dataclass, field, fields, replace
+from pathlib import Path
+from typing import Any
+
+from .model import ModelConfig
+
+PAPER_SEEDS = (42, 24, 12, 10, 100, 125)
+CONFIG_DIR = Path(__file__).parent / "configs"
+
+
+class ConfigError(Exception):
+    """Invalid configuration (one-line message)."""
+
+
+@dataclass(frozen=True)
+class DataConfig:
+    label_rate_ms: float = 500.0
+    segment_s: float = 150.0
+    gold: str = "mean"  # mean | median | single
+    gold_annotator: str = ""
+    normalisation: str = "none"  # none (the paper: raw waveform) | rms
+    split: tuple[float, float, float] = (130 / 215, 45 / 215, 40 / 215)  # the paper's 130/45/40 calls
+    split_seed: int = 1
+    group_by: str = "auto"  # auto = context column 'speaker' when present, else the call
+    alpha_target: str = "empathy"  # interval context column (0..10) for the alpha task
+    beta_target: str = "gender"  # binary context column for the beta task
+    min_annotators: int = 2
+    gain_db: float = 0.0  # random gain augmentation (+-dB per segment); 0 = off
+    max_calls: int = 0  # 0 = all; >0 keeps a seeded subset (quick runs, tests)
+
+
+@dataclass(frozen=True)
+class TrainConfig:
+    lr: float = 1e-4
+    batch_size: int = 5
+    epochs: int = 100
+    seeds: tuple[int, ...] = PAPER_SEEDS
+    patience: int = 0  # early stopping on dev CCC; 0 = off (the paper trains all epochs)
+    select_on: str = "mean"  # dev metric that picks the best checkpoint: valence | arousal | mean
+    threads: int = 0  # torch intra-op threads; 0 = torch default
+    max_batches_per_epoch: int = 0  # 0 = all (tests use small numbers)
+
+
+@dataclass(frozen=True)
+class LossConfig:
+    alpha: float = 0.0
+    beta: float = 0.0
+
+
+@dataclass(frozen=True)
+class Config:
+    model: ModelConfig = field(default_factory=ModelConfig)
+    data: DataConfig = field(default_factory=DataConfig)
+    train: TrainConfig = field(default_factory=TrainConfig)
+    loss: LossConfig = field(default_factory=LossConfig)
+    name: str = "default"
+
+    def resolved(self) -> "Config":
+        """Derive the model's output heads from the loss weights (alpha/beta tasks add heads)."""
+        outputs = ["valence", "arousal"]
+        if self.loss.alpha > 0:
+            outputs.append(self.data.alpha_target)
+        if self.loss.beta > 0:
+            outputs.append(self.data.beta_target)
+        return replace(self, model=replace(self.model, outputs=tuple(outputs)))
+
+    def to_dict(self) -> dict[str, Any]:
+        d = asdict(self)
+        return json.loads(json.dumps(d))  # tuples -> lists
+
+    def with_overrides(self, **sections: dict[str, Any]) -> "Config":
+        return from_dict(_merge(self.to_dict(), sections))
+
+
+def _merge(base: dict, over: dict) -> dict:
+    out = dict(base)
+    for k, v in over.items():
+        out[k] = _merge(out.get(k, {}), v) if isinstance(v, dict) and isinstance(out.get(k), dict) else v
+    return out
+
+
+def _section(cls, data: dict, name: str):
+    known = {f.name: f for f in fields(cls)}
+    unknown = set(data) - set(known)
+    if unknown:
+        raise ConfigError(f"[{name}]: unknown key(s) {sorted(unknown)}; known: {sorted(known)}")
+    kwargs = {k: tuple(v) if isinstance(v, list) else v for k, v in data.items()}
+    try:
+        return cls(**kwargs)
+    except (TypeError, ValueError) as e:
+        raise ConfigError(f"[{name}]: {e}") from None
+
+
+def from_dict(d: dict[str, Any]) -> Config:
+    unknown = set(d) - {"model", "data", "train", "loss", "name"}
+    if unknown:
+        raise ConfigError(f"unknown section(s) {sorted(unknown)}; expected model, data, train, loss")
+    cfg = Config(
+        model=_section(ModelConfig, d.get("model", {}), "model"),
+        data=_section(DataConfig, d.get("data", {}), "data"),
+        train=_section(TrainConfig, d.get("train", {}), "train"),
+        loss=_section(LossConfig, d.get("loss", {}), "loss"),
+        name=d.get("name", "default"),
+    )
+    validate(cfg)
+    return cfg
+
+
+def validate(cfg: Config) -> None:
+    d, t = cfg.data, cfg.train
+    if d.gold not in ("mean", "median", "single"):
+        raise ConfigError(f"[data] gold must be mean, median or single, not {d.gold!r}")
+    if d.gold == "single" and not d.gold_annotator:
+        raise ConfigError("[data] gold = 'single' needs gold_annotator")
+    if d.normalisation not in ("none", "rms"):
+        raise ConfigError(f"[data] normalisation must be none or rms, not {d.normalisation!r}")
+    if len(d.split) != 3 or any(x < 0 for x in d.split) or abs(sum(d.split) - 1) > 1e-6:
+        raise ConfigError("[data] split must be three non-negative fractions summing to 1")
+    if d.label_rate_ms <= 0 or d.segment_s <= 0:
+        raise ConfigError("[data] label_rate_ms and segment_s must be positive")
+    frame_ms = 1000.0 / cfg.model.frame_rate
+    seg_ms = d.segment_s * 1000
+    if abs(seg_ms / d.label_rate_ms - round(seg_ms / d.label_rate_ms)) > 1e-6 or \
+            abs(seg_ms / frame_ms - round(seg_ms / frame_ms)) > 1e-6:
+        raise ConfigError(f"[data] segment_s must be a multiple of the label bin ({d.label_rate_ms} ms) "
+                          f"and of the model frame ({frame_ms:g} ms)")
+    if t.batch_size < 1 or t.epochs < 1 or t.lr <= 0 or not t.seeds:
+        raise ConfigError("[train] batch_size, epochs, lr must be positive and seeds non-empty")
+    if t.select_on not in ("valence", "arousal", "mean"):
+        raise ConfigError("[train] select_on must be valence, arousal or mean")
+    if cfg.loss.alpha < 0 or cfg.loss.beta < 0:
+        raise ConfigError("[loss] alpha and beta must be >= 0")
+
+
+def load_config(path: str | Path | None = None) -> Config:
+    """Load a TOML config; ``None`` gives the paper's defaults (``configs/default.toml``)."""
+    if path is None:
+        return Config()
+    path = Path(path)
+    if not path.is_file():
+        candidate = CONFIG_DIR / f"{path.name}" if path.suffix else CONFIG_DIR / f"{path}.toml"
+        if candidate.is_file():
+            path = candidate
+        else:
+            raise ConfigError(f"{path}: config file not found")
+    try:
+        with open(path, "rb") as f:
+            data = tomllib.load(f)
+    except tomllib.TOMLDecodeError as e:
+        raise ConfigError(f"{path}: invalid TOML ({e})") from None
+    data.setdefault("name", path.stem)
+    try:
+        return from_dict(data)
+    except ConfigError as e:
+        raise ConfigError(f"{path}: {e}") from None

@@ -1,0 +1,153 @@
+"""From a validated corpus to training batches: audio + gold at the label rate, splits, segments.
+
+Segments: each call is cut into consecutive windows of ``segment_s`` (the paper: 150 s); the last
+window is shorter and padded. A batch is padded only to its longest member (rounded to a whole
+number of label bins and model frames), and a mask marks the label bins that have both a gold value
+and complete model frames, so neither the loss nor the metrics ever see padding.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import math
+from dataclasses import dataclass
+
+import numpy as np
+
+from cusemo_batch.audio import load_audio, normalise
+from cusemo_batch.files import sha256_file
+
+from .config import Config
+from .corpus import Corpus
+from .labels import binary_target, gold_at_rate, gold_standard, interval_target
+
+
+@dataclass
+class CallData:
+    call_id: str
+    group: str
+    audio: np.ndarray  # float32 at the model rate, normalised
+    valence: np.ndarray  # gold at the label rate, [-1, 1]
+    arousal: np.ndarray
+    alpha_target: float  # [0, 1] or NaN
+    beta_target: float  # 1/0 or NaN
+
+
+@dataclass(frozen=True)
+class Segment:
+    call: int  # index into the call list
+    bin0: int
+    bin1: int
+
+
+def load_calls(corpus: Corpus, cfg: Config) -> list[CallData]:
+    """Decode every call once (calls are minutes long; the corpus fits in memory)."""
+    d = cfg.data
+    group_col = _group_column(corpus, d.group_by)
+    out = []
+    for c in corpus.calls:
+        gold = gold_at_rate(gold_standard(c, d.gold, d.gold_annotator or None), d.label_rate_ms)
+        audio = normalise(load_audio(c.audio_path, cfg.model.sample_rate), d.normalisation)
+        group = str(c.context.get(group_col) or c.call_id) if group_col else c.call_id
+        out.append(CallData(c.call_id, group, audio, gold.valence.astype(np.float32),
+                            gold.arousal.astype(np.float32), interval_target(c, d.alpha_target),
+                            binary_target(c, d.beta_target)))
+    return out
+
+
+def _group_column(corpus: Corpus, group_by: str) -> str | None:
+    if group_by == "auto":
+        return "speaker" if "speaker" in corpus.context_columns else None
+    if group_by in ("", "call", "call_id"):
+        return None
+    if group_by not in corpus.context_columns:
+        raise ValueError(f"group_by column {group_by!r} is not in context.csv")
+    return group_by
+
+
+def data_hash(corpus: Corpus) -> str:
+    """sha256 over every call's audio and annotation bytes: identifies the training data exactly."""
+    h = hashlib.sha256()
+    for c in sorted(corpus.calls, key=lambda c: c.call_id):
+        h.update(c.call_id.encode())
+        h.update(sha256_file(c.audio_path).encode())
+        for t in sorted(c.tracks, key=lambda t: t.annotator):
+            h.update(sha256_file(t.path).encode())
+    return h.hexdigest()
+
+
+def split_groups(groups: list[str], fractions: tuple[float, float, float], seed: int) -> list[str]:
+    """Assign each item to train/dev/test by *group* (speaker or call), seeded and deterministic.
+
+    Groups are shuffled with ``seed`` and dealt out so the split sizes in groups follow
+    ``fractions`` (largest-remainder rounding, at least one group in every non-empty split when
+    there are enough groups). Returns the split name per item.
+    """
+    unique = sorted(set(groups))
+    rng = np.random.default_rng(seed)
+    order = [unique[i] for i in rng.permutation(len(unique))]
+    n = len(unique)
+    raw = [f * n for f in fractions]
+    counts = [int(math.floor(x)) for x in raw]
+    for i in sorted(range(3), key=lambda i: raw[i] - counts[i], reverse=True)[: n - sum(counts)]:
+        counts[i] += 1
+    for i in range(3):  # ensure non-empty splits when asked for and possible
+        if fractions[i] > 0 and counts[i] == 0 and n >= 3:
+            j = int(np.argmax(counts))
+            counts[j] -= 1
+            counts[i] += 1
+    names = ["train"] * counts[0] + ["dev"] * counts[1] + ["test"] * counts[2]
+    assign = dict(zip(order, names))
+    return [assign[g] for g in groups]
+
+
+def valid_bins(call: CallData, hop: int, sample_rate: int, bin_s: float) -> int:
+    """Number of leading label bins with a gold value *and* complete model frames under them."""
+    frames = len(call.audio) // hop
+    covered = int(math.floor(frames * hop / sample_rate / bin_s + 1e-9))
+    return min(len(call.valence), covered)
+
+
+def make_segments(calls: list[CallData], indices: list[int], cfg: Config) -> list[Segment]:
+    bin_s = cfg.data.label_rate_ms / 1000
+    per_seg = int(round(cfg.data.segment_s / bin_s))
+    segs = []
+    for i in indices:
+        n = valid_bins(calls[i], cfg.model.hop, cfg.model.sample_rate, bin_s)
+        for b0 in range(0, n, per_seg):
+            segs.append(Segment(i, b0, min(b0 + per_seg, n)))
+    return segs
+
+
+def batch_arrays(segs: list[Segment], calls: list[CallData], cfg: Config,
+                 rng: np.random.Generator | None = None) -> dict[str, np.ndarray]:
+    """Pad a list of segments into arrays: audio [B, S], valence/arousal/mask [B, K], targets [B]."""
+    sr, bin_s = cfg.model.sample_rate, cfg.data.label_rate_ms / 1000
+    bin_samples = bin_s * sr
+    if abs(bin_samples - round(bin_samples)) > 1e-6:
+        raise ValueError(f"label bin {bin_s} s is not a whole number of samples at {sr} Hz")
+    unit = math.lcm(int(round(bin_samples)), cfg.model.hop)
+    k_max = max(s.bin1 - s.bin0 for s in segs)
+    n_samples = int(math.ceil(k_max * bin_samples / unit) * unit)
+    n_bins = int(round(n_samples / bin_samples))
+    B = len(segs)
+    audio = np.zeros((B, n_samples), np.float32)
+    val = np.zeros((B, n_bins), np.float32)
+    aro = np.zeros((B, n_bins), np.float32)
+    mask = np.zeros((B, n_bins), bool)
+    for j, s in enumerate(segs):
+        c = calls[s.call]
+        a0 = int(round(s.bin0 * bin_samples))
+        chunk = c.audio[a0:a0 + n_samples]
+        if rng is not None and cfg.data.gain_db > 0:
+            chunk = chunk * np.float32(10 ** (rng.uniform(-cfg.data.gain_db, cfg.data.gain_db) / 20))
+        audio[j, :len(chunk)] = chunk
+        k = s.bin1 - s.bin0
+        val[j, :k] = c.valence[s.bin0:s.bin1]
+        aro[j, :k] = c.arousal[s.bin0:s.bin1]
+        mask[j, :k] = True
+    return {
+        "audio": audio, "valence": val, "arousal": aro, "mask": mask,
+        "alpha": np.array([calls[s.call].alpha_target for s in segs], np.float32),
+        "beta": np.array([calls[s.call].beta_target for s in segs], np.float32),
+    }

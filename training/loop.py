@@ -1,0 +1,283 @@
+"""One training run per seed, the multi-seed driver, and evaluation.
+
+Run directory layout (every file written atomically; a finished seed is never retrained, so an
+interrupted multi-seed run resumes where it stopped)::
+
+    RUN_DIR/config.json          resolved config (+ data hash)
+    RUN_DIR/split.json           call_id -> train/dev/test (by speaker/group)
+    RUN_DIR/seed_42/metrics.jsonl   one line per epoch
+    RUN_DIR/seed_42/best.pt      best-dev checkpoint (with dev/test CCC in its metadata)
+    RUN_DIR/seed_42/result.json  dev/test CCC of the best checkpoint
+    RUN_DIR/summary.json         mean (sd) of test CCC over seeds
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Callable
+
+import numpy as np
+import torch
+
+from cusemo_batch.files import atomic_write_text
+from cusemo_batch.metrics import ccc_concat_and_mean
+from cusemo_batch.timegrid import pooling_matrix
+
+from .checkpoint import load_checkpoint, save_checkpoint
+from .config import Config
+from .corpus import Corpus, read_corpus
+from .data import CallData, batch_arrays, data_hash, load_calls, make_segments, split_groups, valid_bins
+from .losses import bce_loss, ccc, ccc_loss, total_loss
+from .model import CRNN
+
+Log = Callable[[str], None]
+
+
+@dataclass
+class Prepared:
+    """Everything a run needs that does not depend on the seed (decoded once, shared by seeds)."""
+
+    cfg: Config
+    corpus: Corpus
+    calls: list[CallData]
+    split: dict[str, str]
+    data_sha256: str
+
+    def indices(self, name: str) -> list[int]:
+        return [i for i, c in enumerate(self.calls) if self.split[c.call_id] == name]
+
+
+def prepare(corpus_dir: str | Path, cfg: Config) -> Prepared:
+    cfg = cfg.resolved()
+    corpus = read_corpus(corpus_dir, min_annotators=cfg.data.min_annotators)
+    if cfg.data.max_calls and cfg.data.max_calls < len(corpus.calls):
+        keep = np.random.default_rng(cfg.data.split_seed).choice(len(corpus.calls), cfg.data.max_calls, replace=False)
+        corpus.calls = [corpus.calls[i] for i in sorted(keep)]
+    calls = load_calls(corpus, cfg)
+    names = split_groups([c.group for c in calls], cfg.data.split, cfg.data.split_seed)
+    split = {c.call_id: n for c, n in zip(calls, names)}
+    return Prepared(cfg, corpus, calls, split, data_hash(corpus))
+
+
+class Pooler:
+    """Frame outputs -> label bins (overlap-weighted mean, see cusemo_batch.timegrid), cached per shape."""
+
+    def __init__(self, frame_s: float, bin_s: float) -> None:
+        self.frame_s, self.bin_s = frame_s, bin_s
+        self._cache: dict[tuple[int, int], torch.Tensor] = {}
+
+    def __call__(self, frames: torch.Tensor, n_bins: int) -> torch.Tensor:
+        """``[B, F, H] -> [B, n_bins, H]``."""
+        key = (frames.shape[1], n_bins)
+        if key not in self._cache:
+            m = pooling_matrix(frames.shape[1], self.frame_s, self.bin_s, n_bins).toarray()
+            self._cache[key] = torch.from_numpy(m.astype(np.float32))
+        return torch.einsum("kf,bfh->bkh", self._cache[key], frames)
+
+
+def batch_loss(model: CRNN, pool: Pooler, batch: dict[str, np.ndarray], cfg: Config) -> tuple[torch.Tensor, dict]:
+    audio = torch.from_numpy(batch["audio"])
+    mask = torch.from_numpy(batch["mask"])
+    frames = model(audio)
+    bins = pool(frames, mask.shape[1])
+    lv = ccc_loss(bins[..., 0], torch.from_numpy(batch["valence"]), mask)
+    la = ccc_loss(bins[..., 1], torch.from_numpy(batch["arousal"]), mask)
+    head = 2
+    l_alpha = l_beta = None
+    if cfg.loss.alpha > 0:
+        target = torch.from_numpy(batch["alpha"])[:, None].expand_as(mask)
+        l_alpha = ccc_loss(bins[..., head], target, mask)
+        head += 1
+    if cfg.loss.beta > 0:
+        logits = (bins[..., head] * mask).sum(1) / mask.sum(1).clamp(min=1)
+        l_beta = bce_loss(logits, torch.from_numpy(batch["beta"]))
+    loss = total_loss(lv, la, l_alpha, l_beta, cfg.loss.alpha, cfg.loss.beta)
+    parts = {"valence": float(lv.detach()), "arousal": float(la.detach())}
+    if l_alpha is not None:
+        parts["alpha"] = float(l_alpha.detach())
+    if l_beta is not None:
+        parts["beta"] = float(l_beta.detach())
+    return loss, parts
+
+
+@torch.no_grad()
+def predict_bins(model: CRNN, call: CallData, cfg: Config) -> np.ndarray:
+    """Whole-call prediction pooled to the label grid: ``[n_valid_bins, n_outputs]``."""
+    model.eval()
+    bin_s = cfg.data.label_rate_ms / 1000
+    n = valid_bins(call, cfg.model.hop, cfg.model.sample_rate, bin_s)
+    frames = model(torch.from_numpy(call.audio)[None])[0].numpy()
+    return pooling_matrix(len(frames), 1 / cfg.model.frame_rate, bin_s, n) @ frames
+
+
+def evaluate_calls(model: CRNN, calls: list[CallData], cfg: Config) -> dict:
+    """Test/dev CCC per dimension: over concatenated calls (the paper's) and mean per call."""
+    preds_v, preds_a, gold_v, gold_a = [], [], [], []
+    for c in calls:
+        p = predict_bins(model, c, cfg)
+        n = len(p)
+        preds_v.append(p[:, 0]), preds_a.append(p[:, 1])
+        gold_v.append(c.valence[:n]), gold_a.append(c.arousal[:n])
+    out = {"n_calls": len(calls)}
+    for dim, p, g in (("valence", preds_v, gold_v), ("arousal", preds_a, gold_a)):
+        concat, per_call = ccc_concat_and_mean(p, g)
+        out[dim] = concat
+        out[f"{dim}_per_call"] = per_call
+    return out
+
+
+def _select(metrics: dict, on: str) -> float:
+    v = (metrics["valence"] + metrics["arousal"]) / 2 if on == "mean" else metrics[on]
+    return v if math.isfinite(v) else -1.0
+
+
+def train_seed(prep: Prepared, seed: int, out_dir: Path, log: Log = print,
+               progress: Callable[[int], None] = lambda n=1: None) -> dict:
+    """Train one seed; keep the best-dev checkpoint; evaluate it on test. Returns result.json."""
+    cfg = prep.cfg
+    out_dir.mkdir(parents=True, exist_ok=True)
+    torch.manual_seed(seed)
+    rng = np.random.default_rng(seed)
+    if cfg.train.threads:
+        torch.set_num_threads(cfg.train.threads)
+    model = CRNN(cfg.model)
+    opt = torch.optim.Adam(model.parameters(), lr=cfg.train.lr)
+    pool = Pooler(1 / cfg.model.frame_rate, cfg.data.label_rate_ms / 1000)
+    train_idx, dev_idx, test_idx = prep.indices("train"), prep.indices("dev"), prep.indices("test")
+    if not train_idx:
+        raise ValueError("the training split is empty (too few calls or speakers for the split fractions)")
+    segments = make_segments(prep.calls, train_idx, cfg)
+    dev_calls = [prep.calls[i] for i in dev_idx] or [prep.calls[i] for i in train_idx]
+    meta = {
+        "name": cfg.name, "seed": seed, "sample_rate": cfg.model.sample_rate,
+        "label_rate_ms": cfg.data.label_rate_ms, "normalisation": cfg.data.normalisation,
+        "heads": list(cfg.model.outputs), "config": cfg.to_dict(),
+        "train_data": {"description": _describe(prep), "sha256": prep.data_sha256},
+    }
+    best, best_epoch, stale = -math.inf, 0, 0
+    metrics_path = out_dir / "metrics.jsonl"
+    lines: list[str] = []
+    for epoch in range(1, cfg.train.epochs + 1):
+        t0 = time.perf_counter()
+        model.train()
+        order = rng.permutation(len(segments))
+        bs = cfg.train.batch_size
+        batches = [order[i:i + bs] for i in range(0, len(order), bs)]
+        if cfg.train.max_batches_per_epoch:
+            batches = batches[: cfg.train.max_batches_per_epoch]
+        losses = []
+        for b in batches:
+            batch = batch_arrays([segments[i] for i in b], prep.calls, cfg, rng)
+            loss, _ = batch_loss(model, pool, batch, cfg)
+            opt.zero_grad()
+            loss.backward()
+            opt.step()
+            losses.append(float(loss))
+            progress(1)
+        dev = evaluate_calls(model, dev_calls, cfg)
+        score = _select(dev, cfg.train.select_on)
+        record = {"epoch": epoch, "train_loss": float(np.mean(losses)), "dev": dev,
+                  "seconds": round(time.perf_counter() - t0, 2)}
+        lines.append(json.dumps(record))
+        atomic_write_text(metrics_path, "\n".join(lines) + "\n")
+        log(f"seed {seed} epoch {epoch}/{cfg.train.epochs}: loss {record['train_loss']:.4f}  "
+            f"dev CCC valence {dev['valence']:.3f} arousal {dev['arousal']:.3f}  ({record['seconds']:.0f} s)")
+        if score > best:
+            best, best_epoch, stale = score, epoch, 0
+            save_checkpoint(out_dir / "best.pt", model, {**meta, "epoch": epoch, "dev_ccc": _dims(dev)})
+        else:
+            stale += 1
+            if cfg.train.patience and stale >= cfg.train.patience:
+                log(f"seed {seed}: early stop after {epoch} epochs (best epoch {best_epoch})")
+                break
+    best_model, best_meta = load_checkpoint(out_dir / "best.pt")
+    test = evaluate_calls(best_model, [prep.calls[i] for i in test_idx], cfg) if test_idx else {}
+    dev = evaluate_calls(best_model, dev_calls, cfg)
+    best_meta.pop("checkpoint_sha256", None)
+    save_checkpoint(out_dir / "best.pt", best_model, {**best_meta, "dev_ccc": _dims(dev), "test_ccc": _dims(test)})
+    result = {"seed": seed, "best_epoch": best_epoch, "epochs_run": len(lines), "dev": dev, "test": test}
+    atomic_write_text(out_dir / "result.json", json.dumps(result, indent=2))
+    return result
+
+
+def _dims(m: dict) -> dict:
+    return {k: m[k] for k in ("valence", "arousal", "valence_per_call", "arousal_per_call") if k in m}
+
+
+def _describe(prep: Prepared) -> str:
+    hours = sum(len(c.audio) for c in prep.calls) / prep.cfg.model.sample_rate / 3600
+    counts = {n: sum(1 for v in prep.split.values() if v == n) for n in ("train", "dev", "test")}
+    return (f"{prep.corpus.root.name}: {len(prep.calls)} calls, {hours:.2f} h, split train/dev/test "
+            f"{counts['train']}/{counts['dev']}/{counts['test']} calls by {prep.cfg.data.group_by}")
+
+
+def summarise(results: list[dict]) -> dict:
+    """Mean and sample sd of test (and dev) CCC over seeds, the paper's reporting."""
+    out: dict = {"seeds": [r["seed"] for r in results]}
+    for part in ("test", "dev"):
+        for key in ("valence", "arousal", "valence_per_call", "arousal_per_call"):
+            vals = [r[part][key] for r in results if r.get(part) and key in r[part]]
+            if vals:
+                out[f"{part}_{key}"] = {"mean": float(np.mean(vals)),
+                                        "sd": float(np.std(vals, ddof=1)) if len(vals) > 1 else 0.0,
+                                        "values": vals}
+    return out
+
+
+def run_training(corpus_dir: str | Path, cfg: Config, out_dir: str | Path, log: Log = print,
+                 progress_factory=None) -> dict:
+    """Train every seed of ``cfg`` (skipping seeds already finished in ``out_dir``) and summarise."""
+    out_dir = Path(out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    t0 = time.perf_counter()
+    prep = prepare(corpus_dir, cfg)
+    config_record = {"config": prep.cfg.to_dict(), "corpus": str(Path(corpus_dir).resolve()),
+                     "data_sha256": prep.data_sha256}
+    cfg_path = out_dir / "config.json"
+    if cfg_path.is_file():
+        previous = json.loads(cfg_path.read_text())
+        if previous.get("config") != config_record["config"] or previous.get("data_sha256") != prep.data_sha256:
+            raise ValueError(f"{out_dir} holds a run with another config or corpus; use a new --out")
+    atomic_write_text(cfg_path, json.dumps(config_record, indent=2))
+    atomic_write_text(out_dir / "split.json", json.dumps(prep.split, indent=2, sort_keys=True))
+    n_split = {n: len(prep.indices(n)) for n in ("train", "dev", "test")}
+    log(f"{len(prep.calls)} calls ({_describe(prep)}); train/dev/test = "
+        f"{n_split['train']}/{n_split['dev']}/{n_split['test']}")
+    results = []
+    for seed in prep.cfg.train.seeds:
+        seed_dir = out_dir / f"seed_{seed}"
+        done = seed_dir / "result.json"
+        if done.is_file():
+            log(f"seed {seed}: already finished, skipped")
+            results.append(json.loads(done.read_text()))
+            continue
+        if progress_factory is None:
+            results.append(train_seed(prep, seed, seed_dir, log))
+        else:
+            with progress_factory(f"seed {seed}") as advance:
+                results.append(train_seed(prep, seed, seed_dir, log, advance))
+    summary = summarise(results)
+    summary["wall_s"] = round(time.perf_counter() - t0, 1)
+    summary["best_seed"] = max(results, key=lambda r: _select(r["dev"], prep.cfg.train.select_on))["seed"]
+    atomic_write_text(out_dir / "summary.json", json.dumps(summary, indent=2))
+    return summary
+
+
+def evaluate_checkpoint(checkpoint: str | Path, corpus_dir: str | Path, split_name: str = "test",
+                        split: dict[str, str] | None = None) -> dict:
+    """Evaluate a checkpoint on a corpus (one split when a split map is known, else all calls)."""
+    model, meta = load_checkpoint(checkpoint)
+    from .config import from_dict
+
+    cfg = from_dict(meta["config"])
+    corpus = read_corpus(corpus_dir, min_annotators=cfg.data.min_annotators)
+    if split is not None and split_name != "all":
+        corpus.calls = [c for c in corpus.calls if split.get(c.call_id) == split_name]
+        if not corpus.calls:
+            raise ValueError(f"no call of the corpus is in split {split_name!r}")
+    calls = load_calls(corpus, cfg)
+    return evaluate_calls(model, calls, cfg)
