@@ -33,3 +33,15 @@ def ravdess_dir() -> Path:
 @pytest.fixture(scope="session")
 def ravdess_manifest(ravdess_dir: Path) -> Path:
     return ravdess_dir / "manifest.csv"
+
+
+@pytest.fixture(scope="session")
+def tiny_corpus(tmp_path_factory, ravdess_manifest: Path) -> Path:
+    """9 pseudo-calls (3 speakers x 3 calls, 15-25 s) built from real RAVDESS speech."""
+    from cusemo_batch.training.categorical import BootstrapConfig, build_corpus
+
+    out = tmp_path_factory.mktemp("tiny_corpus")
+    cfg = BootstrapConfig(seed=3, min_call_s=15, max_call_s=25, max_calls_per_speaker=3,
+                          speakers=("ravdess_01", "ravdess_02", "ravdess_03"))
+    build_corpus(ravdess_manifest, out, cfg)
+    return out

@@ -176,7 +176,7 @@ def train_seed(prep: Prepared, seed: int, out_dir: Path, log: Log = print,
             opt.zero_grad()
             loss.backward()
             opt.step()
-            losses.append(float(loss))
+            losses.append(float(loss.detach()))
             progress(1)
         dev = evaluate_calls(model, dev_calls, cfg)
         score = _select(dev, cfg.train.select_on)
