@@ -17,7 +17,7 @@ NORMALISATIONS = ("none", "rms")
 RMS_TARGET = 0.1  # -20 dBFS, a typical speech level
 
 
-class AudioError(Exception):
+class AudioError(ValueError):
     """Audio cannot be used (unreadable, empty, non-finite...). Message is one line."""
 
 

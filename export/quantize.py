@@ -13,6 +13,7 @@ to the int8 whole pass; the report gives that difference too.
 from __future__ import annotations
 
 import csv
+import logging
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable, Sequence
@@ -22,6 +23,7 @@ import numpy as np
 from cusemo_batch.audio import AudioError, load_audio, normalise
 from cusemo_batch.metrics import ccc
 from cusemo_batch.model import Model
+from cusemo_batch.training.categorical import DEFAULT_INTENSITY, DEFAULT_MAP
 
 # Which ops to quantize. See QUANT_OPS_NOTE for the measurement behind the choice.
 QUANT_OPS = ("MatMul", "LSTM")
@@ -31,15 +33,6 @@ QUANT_OPS_NOTE = (
 )
 QUANT_CHUNK_FRAMES = 320
 
-# Category -> (valence, arousal) for categorical validation manifests, from
-# ../shared/data/README.md (circumplex quadrants, magnitudes our design choice, scale [-1, 1]);
-# "normal" intensity = 0.7 x, "strong" = 1.0 x. A manifest with valence/arousal columns wins.
-CATEGORY_VA: dict[str, tuple[float, float]] = {
-    "neutral": (0.0, -0.2), "calm": (0.3, -0.5), "happy": (0.7, 0.5), "surprised": (0.3, 0.7),
-    "sad": (-0.6, -0.5), "boredom": (-0.3, -0.6), "angry": (-0.6, 0.8), "fearful": (-0.6, 0.6),
-    "disgust": (-0.6, 0.3),
-}
-INTENSITY = {"normal": 0.7, "strong": 1.0, "": 1.0}
 
 
 class QuantizationError(Exception):
@@ -73,17 +66,22 @@ def quantize_dynamic_pair(whole: Path, stream: Path, out_whole: Path, out_stream
     from onnxruntime.quantization import QuantType, quantize_dynamic
 
     for src, dst in ((whole, out_whole), (stream, out_stream)):
+        # quantize_dynamic logs a generic "consider pre-processing" warning on the root logger
+        # (shape-inference pre-processing matters for static quantization, not here).
+        logging.disable(logging.WARNING)
         try:
             quantize_dynamic(src, dst, op_types_to_quantize=list(QUANT_OPS), weight_type=QuantType.QInt8,
                              per_channel=False)
         except Exception as e:
             msg = str(e).strip().splitlines()[0][:200] if str(e).strip() else type(e).__name__
             raise QuantizationError(f"int8 quantization of {src.name} failed ({msg})") from None
+        finally:
+            logging.disable(logging.NOTSET)
 
 
 def load_validation(manifest: str | Path, sample_rate: int, norm: str) -> list[tuple[str, np.ndarray, dict[str, float]]]:
     """Read a CSV manifest: ``file`` (relative to the CSV) and ``valence``,``arousal`` columns, or
-    ``emotion`` (+ optional ``intensity``) mapped with :data:`CATEGORY_VA`. Gold is per file."""
+    ``emotion`` (+ optional ``intensity``) mapped with the corpus bootstrap's category map (``training/categorical.py``). Gold is per file."""
     manifest = Path(manifest)
     try:
         with open(manifest, newline="", encoding="utf-8") as f:
@@ -99,10 +97,10 @@ def load_validation(manifest: str | Path, sample_rate: int, norm: str) -> list[t
             gold = {"valence": float(r["valence"]), "arousal": float(r["arousal"])}
         elif "emotion" in cols:
             emo = r["emotion"].strip().lower()
-            if emo not in CATEGORY_VA:
+            if emo not in DEFAULT_MAP:
                 raise QuantizationError(f"{manifest}:{i}: unknown emotion {emo!r}")
-            k = INTENSITY.get((r.get("intensity") or "").strip().lower(), 1.0)
-            v, a = CATEGORY_VA[emo]
+            k = DEFAULT_INTENSITY.get((r.get("intensity") or "").strip().lower(), 1.0)
+            v, a = DEFAULT_MAP[emo]
             gold = {"valence": k * v, "arousal": k * a}
         else:
             raise QuantizationError(f"{manifest}: needs valence,arousal or emotion columns")

@@ -56,7 +56,7 @@ non-commercial use only, share-alike. Anything trained on it inherits these term
 """
 
 
-class ManifestError(Exception):
+class ManifestError(ValueError):
     """The categorical manifest cannot be used (one-line message)."""
 
 

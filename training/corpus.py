@@ -44,7 +44,7 @@ class Problem:
         return f"{where}: {self.message}"
 
 
-class CorpusError(Exception):
+class CorpusError(ValueError):
     """The corpus has problems; ``problems`` lists them all (file, line, message)."""
 
     def __init__(self, problems: list[Problem]):

@@ -20,11 +20,14 @@ def main() -> None:
 
 def _register() -> None:
     from .corpus import corpus
+    from .export import export_cmd, info_cmd
     from .train import evaluate, train
 
     main.add_command(corpus)
     main.add_command(train)
     main.add_command(evaluate)
+    main.add_command(export_cmd)
+    main.add_command(info_cmd)
 
 
 _register()

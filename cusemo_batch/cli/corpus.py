@@ -25,7 +25,7 @@ def corpus() -> None:
 @click.option("--max-calls-per-speaker", default=0, show_default=True, help="0 = no limit.")
 @click.option("--map", "map_path", type=click.Path(dir_okay=False, exists=True, path_type=Path),
               help="TOML with [emotions] name = [valence, arousal] and [intensity] name = scale.")
-@user_errors(Exception)
+@user_errors(ValueError, OSError)
 def from_categorical(manifest: Path, out: Path, seed: int, min_call_s: float, max_call_s: float,
                      speakers: str, max_calls_per_speaker: int, map_path: Path | None) -> None:
     """Bootstrap pseudo-calls with continuous tracks from a categorical emotional-speech MANIFEST.
@@ -52,7 +52,7 @@ def from_categorical(manifest: Path, out: Path, seed: int, min_call_s: float, ma
 @corpus.command("check")
 @click.argument("corpus_dir", type=click.Path(path_type=Path))
 @click.option("--min-annotators", default=2, show_default=True)
-@user_errors(Exception)
+@user_errors(ValueError, OSError)
 def check(corpus_dir: Path, min_annotators: int) -> None:
     """Validate a corpus and list every problem with its file and line."""
     from cusemo_batch.training.corpus import read_corpus

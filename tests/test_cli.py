@@ -1,0 +1,41 @@
+"""CLI contract: --help on every command, one-line usage errors with exit code 2, no tracebacks."""
+
+import subprocess
+import sys
+
+import click
+import pytest
+from click.testing import CliRunner
+
+from cusemo_batch.cli import main
+
+
+def all_commands(group: click.Group, prefix=()):
+    for name, cmd in group.commands.items():
+        yield prefix + (name,)
+        if isinstance(cmd, click.Group):
+            yield from all_commands(cmd, prefix + (name,))
+
+
+@pytest.mark.parametrize("path", [()] + list(all_commands(main)))
+def test_help_everywhere(path):
+    r = CliRunner().invoke(main, [*path, "--help"])
+    assert r.exit_code == 0, r.output
+    assert "Usage:" in r.output
+
+
+def test_usage_errors_exit_2_without_traceback(tmp_path):
+    runner = CliRunner()
+    for args in (["train"], ["train", str(tmp_path / "nope"), "--out", str(tmp_path / "o")],
+                 ["corpus", "from-categorical", str(tmp_path / "missing.csv"), "--out", str(tmp_path / "c")],
+                 ["no-such-command"]):
+        r = runner.invoke(main, args)
+        assert r.exit_code == 2, (args, r.output)
+        assert "Traceback" not in r.output
+
+
+def test_console_script_runs_without_torch_import():
+    """`cusemo-batch --help` must not import torch (scoring machines do not have it)."""
+    code = "import sys; from cusemo_batch.cli import main; assert 'torch' not in sys.modules; print('ok')"
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
+    assert out.returncode == 0 and "ok" in out.stdout, out.stderr
