@@ -28,26 +28,57 @@ def audio_info(path: str | Path) -> sf._SoundFileInfo:
         raise AudioError(f"{path}: not readable as audio ({_first_line(e)})") from None
 
 
+BLOCK_SECONDS = 60.0  # decode + resample this much at a time: bounded memory on 2 h / 48 kHz calls
+
+
 def load_audio(path: str | Path, sample_rate: int, channel: int | None = None) -> np.ndarray:
     """Decode ``path`` to float32 mono at ``sample_rate``.
 
-    ``channel`` selects one channel of a multi-channel file; ``None`` requires mono or mixes down.
+    ``channel`` selects one channel of a multi-channel file; ``None`` mixes all channels down.
+    The file is read and resampled block by block (with enough overlap that the polyphase filter
+    sees the same neighbourhood as a one-shot resample), so peak memory is the output plus one
+    block, whatever the source rate and length.
     """
     try:
-        data, sr = sf.read(str(path), dtype="float32", always_2d=True)
+        f = sf.SoundFile(str(path))
     except Exception as e:
         raise AudioError(f"{path}: not readable as audio ({_first_line(e)})") from None
-    if data.shape[0] == 0:
-        raise AudioError(f"{path}: no audio samples")
-    if channel is None:
-        x = data.mean(axis=1) if data.shape[1] > 1 else data[:, 0]
-    else:
-        if not 0 <= channel < data.shape[1]:
-            raise AudioError(f"{path}: has {data.shape[1]} channel(s), channel {channel} requested")
-        x = data[:, channel]
-    if not np.all(np.isfinite(x)):
-        raise AudioError(f"{path}: contains NaN or infinite samples")
-    return resample(np.ascontiguousarray(x), sr, sample_rate)
+    with f:
+        sr, n, ch = f.samplerate, f.frames, f.channels
+        if n <= 0:
+            raise AudioError(f"{path}: no audio samples")
+        if channel is not None and not 0 <= channel < ch:
+            raise AudioError(f"{path}: has {ch} channel(s), channel {channel} requested")
+        ratio = Fraction(sample_rate, sr)
+        up, down = ratio.numerator, ratio.denominator
+        # resample_poly's filter reaches 10*max(up, down) samples at the upsampled rate each side.
+        halo = -(-(10 * max(up, down) // up + 2) // down) * down  # input samples, a multiple of down
+        block = max(int(BLOCK_SECONDS * sr) // down * down, down)
+        out: list[np.ndarray] = []
+        start = 0
+        try:
+            while start < n:
+                lo, hi = max(start - halo, 0), min(start + block + halo, n)
+                f.seek(lo)
+                data = f.read(hi - lo, dtype="float32", always_2d=True)
+                if data.shape[0] != hi - lo:
+                    raise AudioError(f"{path}: truncated: expected {n} samples, got {lo + data.shape[0]}")
+                x = data.mean(axis=1) if channel is None and ch > 1 else data[:, channel or 0]
+                if not np.all(np.isfinite(x)):
+                    raise AudioError(f"{path}: contains NaN or infinite samples")
+                y = resample(np.ascontiguousarray(x), sr, sample_rate)
+                skip = (start - lo) * up // down
+                keep = (min(start + block, n) - start) * up // down if start + block < n else None
+                out.append(y[skip: None if keep is None else skip + keep])
+                start += block
+        except AudioError:
+            raise
+        except Exception as e:
+            raise AudioError(f"{path}: decoding failed ({_first_line(e)})") from None
+    y = np.concatenate(out) if len(out) > 1 else out[0]
+    if y.size == 0:
+        raise AudioError(f"{path}: no audio samples after resampling")
+    return y
 
 
 def resample(x: np.ndarray, sr_in: int, sr_out: int) -> np.ndarray:

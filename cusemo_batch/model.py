@@ -26,7 +26,7 @@ from __future__ import annotations
 import json
 import logging
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any, Iterable, Iterator
 
 import numpy as np
 
@@ -335,7 +335,7 @@ class Stream:
             return {k: np.zeros((self.batch, 0), np.float32) for k in m.outputs}
         return {k: np.concatenate([p[k] for p in parts], axis=1) for k in m.outputs}
 
-    def frames(self, chunks: Iterator[np.ndarray]) -> Iterator[dict[str, np.ndarray]]:
+    def frames(self, chunks: Iterable[np.ndarray]) -> Iterator[dict[str, np.ndarray]]:
         """Generator form: push each chunk from ``chunks``, yield non-empty outputs, then finish."""
         for c in chunks:
             y = self.push(c)

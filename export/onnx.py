@@ -15,18 +15,13 @@ metadata are documented in :mod:`cusemo_batch.model`, which is also what reads t
 Exporter choice (measured on the pinned torch 2.13.0+cpu, onnx 1.23, onnxruntime 1.31, paper
 sizes, 2 threads):
 
-=====================  ================================  ==================================
-                       legacy TorchScript (dynamo=False)  torch.export (dynamo=True)
-=====================  ================================  ==================================
-export time            0.2 s                             9-15 s
-nodes whole / stream   73 / 49 (2 ONNX LSTM nodes)       74-75 / 73 (2 LSTM, 26 Slice)
-dynamic time axis      yes: [batch, samples]->[b,frames]  no: Dim.DYNAMIC fails (samples
-                                                          specialised); Dim.AUTO exports a graph
-                                                          whose outputs claim a static 96 frames
-                                                          (ORT warns on every other length)
-ORT, 300 s, batch 1    0.48 s                            0.48 s
-max |ORT - torch|      7e-9                              7e-9
-=====================  ================================  ==================================
+- export time: legacy 0.2 s; dynamo 7-15 s.
+- nodes (whole / stream): legacy 72 / 49, two ONNX LSTM nodes; dynamo 74 / 73-74, two LSTM
+  nodes plus 26 Slice.
+- dynamic time axis: legacy keeps ``[batch, samples] -> [batch, frames]`` symbolic. Dynamo with
+  ``Dim.DYNAMIC`` fails (it specialises samples to the traced length); with ``Dim.AUTO`` the
+  outputs claim the traced frame count, so onnxruntime warns at every other length.
+- onnxruntime, 300 s, batch 1: 0.48 s for both. max |ORT - torch|: 7e-9 for both.
 
 Same speed and accuracy, but only the legacy exporter keeps the frame axis symbolic without
 workarounds, is 50x faster to run, and gives the smaller stream graph, so we use ``dynamo=False``
@@ -56,6 +51,7 @@ from cusemo_batch.training.checkpoint import load_checkpoint
 from cusemo_batch.training.model import CRNN, ModelConfig
 
 MIN_OPSET = 17
+MAX_OPSET = 20  # the legacy exporter's maximum in torch 2.13 (ONNX_TORCHSCRIPT_EXPORTER_MAX_OPSET)
 DEFAULT_OPSET = 17
 # Parity tolerances (absolute, on the model's output scale). Measured: ORT vs torch <= 1e-7 and
 # chunked vs whole <= 1e-7 for the paper's model on 300 s; the margins absorb other CPUs' kernels.
@@ -226,18 +222,34 @@ def export_model(
         out_stream = stream_path_for(out)
     except ModelError as e:
         raise ExportError(str(e)) from None
-    if opset < MIN_OPSET:
-        raise ExportError(f"opset {opset} < {MIN_OPSET} (LSTM/streaming graphs are verified on >= {MIN_OPSET})")
+    if not MIN_OPSET <= opset <= MAX_OPSET:
+        raise ExportError(f"opset {opset} not supported: use {MIN_OPSET}..{MAX_OPSET} "
+                          f"(verified minimum .. the legacy exporter's maximum)")
     if quantize not in (None, "int8"):
         raise ExportError(f"unknown quantization {quantize!r}; only int8 is supported")
-    model = model.eval()
     name = out.name[: -len(".onnx")]
     md = build_metadata(model.config, meta, name=name, opset=opset)
+    was_training = model.training
+    model.eval()  # dropout off in the graph and in the torch reference
+    try:
+        return _export(model, md, out, out_stream, opset=opset, quantize=quantize, check=check,
+                       check_audio=check_audio, validation=validation, log=log)
+    finally:
+        model.train(was_training)
+
+
+def _export(model: CRNN, md: dict[str, str], out: Path, out_stream: Path, *, opset: int,
+            quantize: str | None, check: bool, check_audio: Sequence[str | Path],
+            validation: str | Path | None, log: Log) -> ExportResult:
+    name = md["name"]
     out.parent.mkdir(parents=True, exist_ok=True)
     with tempfile.TemporaryDirectory(prefix=".cusemo-tmp-export-", dir=out.parent) as tmp_name:
         tmp = Path(tmp_name)
         raw_whole, raw_stream = tmp / "raw.onnx", tmp / "raw.stream.onnx"
-        _trace(model, raw_whole, raw_stream, opset)
+        try:
+            _trace(model, raw_whole, raw_stream, opset)
+        except Exception as e:  # e.g. an opset this torch cannot emit
+            raise ExportError(f"torch.onnx export failed at opset {opset} ({_first_line(e)})") from None
         fp32 = _stamp_pair(raw_whole, raw_stream, tmp / "fp32" / out.name, md)
         log(f"exported {name}: opset {opset}, {_node_count(fp32)} / {_node_count(stream_path_for(fp32))} nodes "
             f"(whole / stream)")
@@ -274,7 +286,7 @@ def export_model(
 def _trace(model: CRNN, whole: Path, stream: Path, opset: int) -> None:
     c = model.config
     # Traced at batch 2 and ~1 s; batch 1/3 and other lengths are proven by the parity check.
-    audio = torch.zeros(2, c.sample_rate) + 0.01 * torch.randn(2, c.sample_rate)
+    audio = 0.01 * torch.randn(2, c.sample_rate, generator=torch.Generator().manual_seed(0))
     padded = nn.functional.pad(audio, (c.pad_left, c.pad_right))
     h0 = torch.zeros(c.lstm_layers, 2, c.lstm_hidden)
     heads = list(c.outputs)

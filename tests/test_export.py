@@ -247,6 +247,17 @@ def test_int8_quantization_reports_ccc_change(exported, ravdess_dir, tmp_path):
     assert max(np.abs(m.infer_stream(x, 50)[h] - m.infer(x)[h]).max() for h in m.outputs) < 0.05
 
 
+@pytest.mark.parametrize("opset", [16, 21])
+def test_opset_outside_supported_range(trained, tmp_path, opset):
+    with pytest.raises(ExportError, match=f"opset {opset} not supported"):
+        export_checkpoint(trained[1], tmp_path / "o.onnx", opset=opset)
+
+
+def test_opset_20_exports_and_passes_parity(trained, tmp_path):
+    res = export_checkpoint(trained[1], tmp_path / "o20.onnx", opset=20)
+    assert Model(res.path, device="cpu").metadata["opset"] == 20 and all(r.ok for r in res.parity)
+
+
 def test_parity_failure_writes_nothing(trained, tmp_path, monkeypatch):
     monkeypatch.setattr(export_onnx, "PARITY_ATOL", 0.0)
     monkeypatch.setattr(export_onnx, "STREAM_ATOL", -1.0)
@@ -308,7 +319,11 @@ def test_cli_info_errors(tmp_path, trained):
     _one_line_error(CliRunner().invoke(main, ["info", str(trained[1])]), "not a loadable ONNX model")
     _one_line_error(CliRunner().invoke(main, ["info", str(tmp_path / "nope.onnx")]), "no such model file")
     plain = tmp_path / "plain.onnx"
-    torch.onnx.export(torch.nn.Linear(2, 2).eval(), (torch.zeros(1, 2),), str(plain), dynamo=False)
+    h = onnx.helper
+    graph = h.make_graph([h.make_node("Identity", ["x"], ["y"])], "plain",
+                         [h.make_tensor_value_info("x", onnx.TensorProto.FLOAT, [1])],
+                         [h.make_tensor_value_info("y", onnx.TensorProto.FLOAT, [1])])
+    onnx.save(h.make_model(graph, opset_imports=[h.make_opsetid("", 17)], ir_version=9), str(plain))
     _one_line_error(CliRunner().invoke(main, ["info", str(plain)]), "without cusemo-batch metadata")
 
 

@@ -21,8 +21,10 @@ def main() -> None:
 def _register() -> None:
     from .corpus import corpus
     from .export import export_cmd, info_cmd
+    from .score import score
     from .train import evaluate, train
 
+    main.add_command(score)
     main.add_command(corpus)
     main.add_command(train)
     main.add_command(evaluate)

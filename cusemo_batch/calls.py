@@ -1,0 +1,293 @@
+"""Discover the calls in a folder and the audio source of every speaker (see ../shared/formats.md §2).
+
+Layouts, detected per call (or forced with ``layout``) and mixed freely in one folder:
+
+======================  =============================================  ===============================
+layout                  files                                          speakers
+======================  =============================================  ===============================
+``stereo``              ``CALL.wav`` with 2 channels                   channel order from ``channels``
+``per-speaker``         ``CALL/client.flac`` + ``CALL/agent.flac``     from the file names
+                        or ``CALL_client.wav`` + ``CALL_agent.wav``
+``rttm``                ``CALL.wav`` + ``CALL.rttm``                   RTTM labels, mapped with ``roles``
+``mono``                ``CALL.wav``                                   one speaker, ``speaker_name``
+======================  =============================================  ===============================
+
+Discovery never raises for bad input: each problem becomes a :class:`CallError` (the nightly job
+turns it into one row of the ``errors`` table) and the other calls go on.
+"""
+
+from __future__ import annotations
+
+import csv
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import soundfile as sf
+
+AUDIO_SUFFIXES = {".wav", ".flac", ".ogg", ".mp3", ".aiff", ".aif", ".au", ".caf", ".w64", ".rf64"}
+DEFAULT_ROLES = ("client", "agent")
+LAYOUTS = ("auto", "stereo", "per-speaker", "rttm", "mono")
+
+
+@dataclass(frozen=True)
+class SpeakerSource:
+    """Where one speaker's audio comes from."""
+
+    speaker: str
+    path: Path
+    channel: int | None = None  # stereo: which channel
+    rttm: Path | None = None  # mono + RTTM: keep only these labels' regions
+    rttm_labels: tuple[str, ...] = ()
+
+
+@dataclass
+class Call:
+    call_id: str
+    layout: str
+    files: tuple[Path, ...]
+    speakers: dict[str, SpeakerSource] = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
+class CallError:
+    """One call that cannot be scored: becomes one row of the errors table."""
+
+    call_id: str
+    file: str
+    stage: str
+    error: str
+    message: str
+
+
+@dataclass(frozen=True)
+class DiscoveryOptions:
+    layout: str = "auto"
+    channels: tuple[str, ...] = ("agent", "client")
+    speaker_name: str = "client"
+    roles: dict[str, str] = field(default_factory=dict)  # RTTM label -> role
+    speakers: tuple[str, ...] = ()  # roles to score; empty = all found
+    follow_symlinks: bool = False
+
+    @property
+    def role_names(self) -> set[str]:
+        return set(DEFAULT_ROLES) | set(self.channels) | set(self.roles.values()) | {self.speaker_name}
+
+
+def _walk(root: Path, follow_symlinks: bool, errors: list[CallError]) -> list[Path]:
+    """All files under ``root``; symlinks leaving ``root`` are refused unless followed explicitly."""
+    root_real = root.resolve()
+    out: list[Path] = []
+    for dirpath, dirnames, filenames in os.walk(root, followlinks=follow_symlinks, onerror=None):
+        d = Path(dirpath)
+        for name in list(dirnames):
+            p = d / name
+            if p.is_symlink() and not follow_symlinks and not _inside(p, root_real):
+                errors.append(CallError(p.name, str(p), "discover", "SymlinkOutside",
+                                        f"symlinked folder points outside CALLS ({p.resolve()}); use --follow-symlinks"))
+                dirnames.remove(name)
+        for name in sorted(filenames):
+            if name.startswith("."):
+                continue
+            p = d / name
+            if p.is_symlink():
+                if not p.exists():
+                    errors.append(CallError(_stem(p), str(p), "discover", "BrokenSymlink", "symlink target does not exist"))
+                    continue
+                if not follow_symlinks and not _inside(p, root_real):
+                    errors.append(CallError(_stem(p), str(p), "discover", "SymlinkOutside",
+                                            f"symlink points outside CALLS ({p.resolve()}); use --follow-symlinks"))
+                    continue
+            out.append(p)
+    return sorted(out)
+
+
+def _inside(p: Path, root_real: Path) -> bool:
+    try:
+        p.resolve().relative_to(root_real)
+        return True
+    except ValueError:
+        return False
+
+
+def _stem(p: Path) -> str:
+    return p.name[: -len(p.suffix)] if p.suffix else p.name
+
+
+def discover(root: str | Path, opts: DiscoveryOptions = DiscoveryOptions()) -> tuple[list[Call], list[CallError]]:
+    """Find every call under ``root`` (recursively). Returns the calls and the discovery errors."""
+    root = Path(root)
+    errors: list[CallError] = []
+    files = _walk(root, opts.follow_symlinks, errors)
+    roles = opts.role_names
+    audio = [p for p in files if p.suffix.lower() in AUDIO_SUFFIXES]
+    rttms = {(_stem(p), p.parent): p for p in files if p.suffix.lower() == ".rttm"}
+
+    # Group audio files by call id.
+    groups: dict[str, list[tuple[Path, str | None]]] = {}
+    for p in audio:
+        stem = _stem(p)
+        role = None
+        if opts.layout in ("auto", "per-speaker"):
+            if stem.lower() in roles and p.parent != root:
+                cid, role = p.parent.name, stem.lower()
+            elif "_" in stem and stem.rsplit("_", 1)[1].lower() in roles:
+                cid, role = stem.rsplit("_", 1)[0], stem.rsplit("_", 1)[1].lower()
+            else:
+                cid = stem
+        else:
+            cid = stem
+        groups.setdefault(cid, []).append((p, role))
+
+    calls: list[Call] = []
+    for cid in sorted(groups):
+        members = groups[cid]
+        with_role = [(p, r) for p, r in members if r]
+        without = [p for p, r in members if not r]
+        if with_role and without or len(without) > 1:
+            listing = ", ".join(str(p) for p, _ in members)
+            errors.append(CallError(cid, listing, "discover", "DuplicateCallId",
+                                    f"{len(members)} files claim call_id {cid!r}: {listing}"))
+            continue
+        if with_role:
+            by_role: dict[str, Path] = {}
+            dup = False
+            for p, r in with_role:
+                if r in by_role:
+                    errors.append(CallError(cid, f"{by_role[r]}, {p}", "discover", "DuplicateCallId",
+                                            f"two {r} files for call {cid!r}: {by_role[r]} and {p}"))
+                    dup = True
+                by_role[r] = p
+            if dup:
+                continue
+            call = Call(cid, "per-speaker", tuple(by_role.values()),
+                        {r: SpeakerSource(r, p) for r, p in sorted(by_role.items())})
+        else:
+            call = _single_file_call(cid, without[0], rttms.get((cid, without[0].parent)), opts, errors)
+            if call is None:
+                continue
+        if opts.speakers:
+            call.speakers = {r: s for r, s in call.speakers.items() if r in opts.speakers}
+            if not call.speakers:
+                errors.append(CallError(cid, str(call.files[0]), "discover", "NoWantedSpeaker",
+                                        f"no speaker of the wanted role(s) {', '.join(opts.speakers)}"))
+                continue
+        calls.append(call)
+    return calls, errors
+
+
+def _single_file_call(cid: str, path: Path, rttm: Path | None, opts: DiscoveryOptions,
+                      errors: list[CallError]) -> Call | None:
+    try:
+        info = sf.info(str(path))
+    except Exception as e:  # soundfile raises RuntimeError/LibsndfileError/PermissionError...
+        kind = "PermissionError" if isinstance(e, PermissionError) or not os.access(path, os.R_OK) else "UnreadableAudio"
+        msg = "permission denied" if kind == "PermissionError" else f"not readable as audio ({_first_line(e)})"
+        errors.append(CallError(cid, str(path), "discover", kind, msg))
+        return None
+    layout = opts.layout
+    if layout == "auto":
+        layout = "rttm" if rttm is not None and info.channels == 1 else ("stereo" if info.channels > 1 else "mono")
+    if layout == "stereo":
+        if info.channels != len(opts.channels):
+            errors.append(CallError(cid, str(path), "discover", "ChannelMismatch",
+                                    f"{info.channels} channels but the channel mapping names {len(opts.channels)} "
+                                    f"({','.join(opts.channels)}); set --channels"))
+            return None
+        return Call(cid, "stereo", (path,), {r: SpeakerSource(r, path, channel=i) for i, r in enumerate(opts.channels)})
+    if info.channels != 1:
+        errors.append(CallError(cid, str(path), "discover", "ChannelMismatch",
+                                f"{info.channels} channels; layout {layout} needs mono"))
+        return None
+    if layout == "rttm":
+        if rttm is None:
+            errors.append(CallError(cid, str(path), "discover", "MissingRTTM", "layout rttm but no CALL.rttm next to the audio"))
+            return None
+        try:
+            segments = read_rttm(rttm)
+        except RTTMError as e:
+            errors.append(CallError(cid, str(rttm), "discover", "BadRTTM", str(e)))
+            return None
+        labels = sorted({s.label for s in segments})
+        by_role: dict[str, list[str]] = {}
+        for label in labels:
+            role = opts.roles.get(label, label.lower() if label.lower() in opts.role_names else label)
+            by_role.setdefault(role, []).append(label)
+        return Call(cid, "rttm", (path, rttm), {r: SpeakerSource(r, path, rttm=rttm, rttm_labels=tuple(ls))
+                                                 for r, ls in sorted(by_role.items())})
+    return Call(cid, "mono", (path,), {opts.speaker_name: SpeakerSource(opts.speaker_name, path)})
+
+
+# ------------------------------------------------------------------------------------------ RTTM
+class RTTMError(ValueError):
+    """An RTTM file that cannot be used (one line: file, line, reason)."""
+
+
+@dataclass(frozen=True)
+class RTTMSegment:
+    onset_s: float
+    duration_s: float
+    label: str
+
+    @property
+    def end_s(self) -> float:
+        return self.onset_s + self.duration_s
+
+
+def read_rttm(path: str | Path) -> list[RTTMSegment]:
+    """Parse ``SPEAKER <file> 1 <onset> <dur> <NA> <NA> <speaker> <NA> <NA>`` lines (others ignored)."""
+    segs = []
+    try:
+        text = Path(path).read_text(encoding="utf-8")
+    except (OSError, UnicodeDecodeError) as e:
+        raise RTTMError(f"{path}: cannot read ({e.__class__.__name__})") from None
+    for lineno, line in enumerate(text.splitlines(), start=1):
+        parts = line.split()
+        if not parts or parts[0].startswith("#") or parts[0] != "SPEAKER":
+            if parts and not parts[0].startswith("#") and parts[0] not in ("SPKR-INFO", "LEXEME", "NON-SPEECH", "NON-LEX", "SPEAKER"):
+                raise RTTMError(f"{path}:{lineno}: not an RTTM line: {line.strip()[:80]!r}")
+            continue
+        if len(parts) < 8:
+            raise RTTMError(f"{path}:{lineno}: SPEAKER line needs 8+ fields, got {len(parts)}")
+        try:
+            onset, dur = float(parts[3]), float(parts[4])
+        except ValueError:
+            raise RTTMError(f"{path}:{lineno}: onset/duration not numbers: {parts[3]!r} {parts[4]!r}") from None
+        if onset < 0 or dur < 0:
+            raise RTTMError(f"{path}:{lineno}: negative onset or duration")
+        segs.append(RTTMSegment(onset, dur, parts[7]))
+    if not segs:
+        raise RTTMError(f"{path}: no SPEAKER lines")
+    return segs
+
+
+def read_metadata(root: str | Path) -> tuple[list[dict[str, str]] | None, str | None]:
+    """Optional ``calls.csv`` / ``calls.parquet`` at the folder root: rows with a ``call_id`` column.
+
+    Returns (rows, problem): a problem message when a file exists but cannot be used.
+    """
+    root = Path(root)
+    pq, cs = root / "calls.parquet", root / "calls.csv"
+    try:
+        if pq.is_file():
+            import polars as pl
+
+            df = pl.read_parquet(pq)
+            rows = [{k: ("" if v is None else str(v)) for k, v in r.items()} for r in df.iter_rows(named=True)]
+            source = pq
+        elif cs.is_file():
+            with open(cs, newline="", encoding="utf-8-sig") as f:
+                rows = list(csv.DictReader(f))
+            source = cs
+        else:
+            return None, None
+    except Exception as e:
+        return None, f"cannot read call metadata: {_first_line(e)}"
+    if rows and "call_id" not in rows[0]:
+        return None, f"{source.name} has no call_id column"
+    return rows, None
+
+
+def _first_line(e: BaseException) -> str:
+    s = str(e).strip()
+    return (s.splitlines()[0] if s else type(e).__name__)[:200]

@@ -1,0 +1,132 @@
+"""``cusemo-batch score CALLS --out OUT``: the nightly job (runtime only: onnxruntime, never torch)."""
+
+from __future__ import annotations
+
+import sys
+import time
+from pathlib import Path
+
+import click
+
+from .common import UserError, console, err_console
+
+EXIT_HELP = """
+\b
+Exit codes (for schedulers):
+  0  every call scored or skipped (unchanged since the last run)
+  1  some calls failed: see OUT/errors (the others were scored)
+  2  usage or configuration error (bad flags, unreadable CALLS, OUT not writable, bad model)
+  3  OUT is locked by another running cusemo-batch score
+"""
+
+
+def _pairs(text: str, flag: str) -> dict[str, str]:
+    out = {}
+    for item in filter(None, (s.strip() for s in text.split(","))):
+        if "=" not in item:
+            raise click.BadParameter(f"{item!r} is not LABEL=ROLE", param_hint=flag)
+        k, v = item.split("=", 1)
+        out[k.strip()] = v.strip()
+    return out
+
+
+def _names(text: str) -> tuple[str, ...]:
+    return tuple(s.strip() for s in text.split(",") if s.strip())
+
+
+@click.command(epilog=EXIT_HELP)
+@click.argument("calls_dir", metavar="CALLS", type=click.Path(exists=True, file_okay=False, path_type=Path))
+@click.option("--out", "-o", required=True, type=click.Path(file_okay=False, path_type=Path),
+              help="Output folder (hive-partitioned Parquet tables).")
+@click.option("--model", "-m", type=click.Path(dir_okay=False, path_type=Path),
+              help="Exported model (NAME.onnx). Default: the embedded model.")
+@click.option("--device", type=click.Choice(["auto", "cpu", "cuda"]), default="auto", show_default=True,
+              help="auto = CUDA when onnxruntime can use it, else CPU.")
+@click.option("--threads", type=click.IntRange(min=1), help="onnxruntime intra-op threads (default: all cores).")
+@click.option("--batch-seconds", type=click.FloatRange(min=1), default=1800, show_default=True,
+              help="Audio seconds (padded) per inference batch; bounds memory.")
+@click.option("--rate", type=click.FloatRange(min=0.05), default=0.5, show_default=True,
+              help="Timeseries window in seconds (0.5 = the annotation rate).")
+@click.option("--layout", type=click.Choice(["auto", "stereo", "per-speaker", "rttm", "mono"]), default="auto",
+              show_default=True, help="Force one layout instead of detecting it per call.")
+@click.option("--channels", default="agent,client", show_default=True, help="Speaker of each channel of stereo files.")
+@click.option("--roles", default="", help="RTTM label to role, e.g. SPEAKER_00=agent,SPEAKER_01=client.")
+@click.option("--speaker-name", default="client", show_default=True, help="Speaker of mono files without RTTM.")
+@click.option("--speakers", default="", help="Roles to score, e.g. client (default: every speaker found).")
+@click.option("--config", "config_path", type=click.Path(exists=True, dir_okay=False, path_type=Path),
+              help="TOML with change-detection thresholds (see cusemo_batch/config/changes.toml).")
+@click.option("--compress-silence/--no-compress-silence", default=True, show_default=True,
+              help="Compress silences as in training (> --min-silence s -> --keep-silence s).")
+@click.option("--min-silence", type=click.FloatRange(min=0.1), default=3.0, show_default=True)
+@click.option("--keep-silence", type=click.FloatRange(min=0.0), default=1.0, show_default=True)
+@click.option("--force", is_flag=True, help="Rescore calls even when unchanged since the last run.")
+@click.option("--follow-symlinks", is_flag=True, help="Follow symlinks that point outside CALLS.")
+def score(calls_dir: Path, out: Path, model: Path | None, device: str, threads: int | None, batch_seconds: float,
+          rate: float, layout: str, channels: str, roles: str, speaker_name: str, speakers: str,
+          config_path: Path | None, compress_silence: bool, min_silence: float, keep_silence: float,
+          force: bool, follow_symlinks: bool) -> None:
+    """Score every call under CALLS into Parquet tables under OUT.
+
+    Calls are stereo files, per-speaker files, mono + RTTM, or mono (one speaker), mixed freely.
+    Writes OUT/{timeseries,calls,events,errors,runs}/date=YYYY-MM-DD/*.parquet. Unchanged calls
+    are skipped on re-runs; a bad call becomes one row in OUT/errors and the run goes on.
+    """
+    from cusemo_batch import changes
+    from cusemo_batch.calls import DiscoveryOptions
+    from cusemo_batch.model import ModelError
+    from cusemo_batch.nightly import run_nightly
+    from cusemo_batch.scorer import ScoreOptions, Scorer
+    from cusemo_batch.store import LockedError, StoreError
+
+    if keep_silence >= min_silence and compress_silence:
+        raise click.BadParameter("--keep-silence must be shorter than --min-silence")
+    try:
+        change_cfg = changes.load_change_config(config_path)
+    except (ValueError, OSError) as e:
+        raise UserError(str(e)) from None
+    opts = ScoreOptions(
+        rate_s=rate, compress_silence=compress_silence, min_silence_s=min_silence, keep_silence_s=keep_silence,
+        discovery=DiscoveryOptions(layout=layout, channels=_names(channels), speaker_name=speaker_name,
+                                   roles=_pairs(roles, "--roles"), speakers=_names(speakers),
+                                   follow_symlinks=follow_symlinks),
+        change_config=change_cfg, batch_seconds=batch_seconds)
+    try:
+        scorer = Scorer(model, device=device, threads=threads, options=opts)
+    except (ModelError, OSError) as e:
+        raise UserError(str(e)) from None
+    console.print(f"model {scorer.model_id} ({scorer.model.sha256[:12]}) on {', '.join(scorer.model.providers)}")
+
+    started = time.perf_counter()
+    state = {"n": 0, "audio": 0.0, "last_log": started}
+
+    def on_call(outcome) -> None:
+        state["n"] += 1
+        state["audio"] += outcome.audio_s
+        now = time.perf_counter()
+        if not console.is_terminal and now - state["last_log"] >= 30:
+            state["last_log"] = now
+            console.print(f"... {state['n']} calls, {state['audio'] / 3600:.2f} h of audio, "
+                          f"{now - started:.0f} s")
+
+    try:
+        if console.is_terminal:
+            with console.status("scoring...") as status:
+                def on_call_tty(outcome) -> None:
+                    on_call(outcome)
+                    status.update(f"scoring: {state['n']} calls, {state['audio'] / 3600:.2f} h of audio")
+                summary = run_nightly(calls_dir, out, scorer, force=force, log=err_console.print, on_call=on_call_tty)
+        else:
+            summary = run_nightly(calls_dir, out, scorer, force=force, log=err_console.print, on_call=on_call)
+    except LockedError as e:
+        err_console.print(f"error: {e}")
+        sys.exit(3)
+    except StoreError as e:
+        raise UserError(str(e)) from None
+    console.print(
+        f"{summary.scored} scored, {summary.skipped} skipped, {summary.failed} failed of {summary.calls_found} "
+        f"calls; {summary.audio_s / 3600:.2f} h of audio in {summary.wall_s:.1f} s "
+        f"({summary.x_real_time:.0f}x real time)")
+    console.print(f"Parquet tables in {out}/{{timeseries,calls,events,errors,runs}}")
+    if summary.failed:
+        console.print(f"see errors: duckdb -c \"select call_id, stage, error, message from '{out}/errors/**/*.parquet'\"")
+    sys.exit(summary.exit_code)

@@ -1,0 +1,395 @@
+"""Score calls with an exported CRNN: decode -> compress silence -> batched streaming ONNX -> tracks.
+
+Library API (no store, no CLI)::
+
+    from cusemo_batch.scorer import Scorer
+    result = Scorer().score_folder("calls/")        # embedded default model, CPU or CUDA
+    result.timeseries, result.calls, result.events, result.errors   # polars DataFrames
+
+Per speaker: the audio is decoded at the model's rate, long silences (> 3 s) are compressed to 1 s
+as in training (with a :class:`~cusemo_batch.silence.TimeMap`), normalised as the model's metadata
+says, and run through the streaming graph in fixed chunks with the LSTM state carried, several
+speakers at once (sorted by length, zero-padded: padding cannot leak backwards through a forward
+LSTM). Frame outputs are mapped back to *original call time* and averaged into ``rate`` windows;
+each window also gets the fraction of it in which the speaker speaks. Decoding of the next calls
+runs in a thread while the current batch is in onnxruntime (both release the GIL).
+
+Any failure of one call becomes a :class:`~cusemo_batch.calls.CallError` for that call; the
+others go on.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import math
+import time
+from concurrent.futures import Future, ThreadPoolExecutor
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Iterable, Iterator
+
+import numpy as np
+import polars as pl
+
+from . import changes, silence
+from .audio import AudioError, load_audio, normalise
+from .calls import Call, CallError, DiscoveryOptions, RTTMError, SpeakerSource, discover, read_metadata, read_rttm
+from .files import sha256_file
+from .model import Model, ModelError
+
+DEFAULT_MODEL = Path(__file__).parent / "models" / "cusemo-default.onnx"
+RTTM_TOLERANCE_S = 0.5  # segments may overrun the audio by rounding; more means the RTTM is for another file
+
+
+@dataclass(frozen=True)
+class ScoreOptions:
+    """What changes the numbers (hashed into the manifest key) and what only changes speed."""
+
+    rate_s: float = 0.5  # output window (the annotation rate)
+    compress_silence: bool = True
+    min_silence_s: float = 3.0
+    keep_silence_s: float = 1.0
+    discovery: DiscoveryOptions = field(default_factory=DiscoveryOptions)
+    change_config: changes.ChangeConfig = field(default_factory=changes.ChangeConfig)
+    # speed only:
+    batch_seconds: float = 1800.0  # audio seconds (padded) per inference batch
+    max_batch: int = 8
+    chunk_s: float = 30.0
+    prefetch: int = 4  # calls decoded ahead of inference
+
+    def result_hash(self) -> str:
+        """Hash of every option that changes the output values (speed options excluded)."""
+        d = {"rate_s": self.rate_s, "compress_silence": self.compress_silence,
+             "min_silence_s": self.min_silence_s, "keep_silence_s": self.keep_silence_s,
+             "discovery": {k: v for k, v in asdict(self.discovery).items() if k != "follow_symlinks"},
+             "changes": asdict(self.change_config)}
+        return hashlib.sha256(json.dumps(d, sort_keys=True, default=str).encode()).hexdigest()[:16]
+
+
+@dataclass
+class SpeakerAudio:
+    speaker: str
+    audio: np.ndarray  # compressed, normalised, at the model rate
+    time_map: silence.TimeMap
+    speech: np.ndarray  # VAD frames (bool) in original time
+    duration_s: float  # original
+
+
+@dataclass
+class DecodedCall:
+    call: Call
+    audio_sha256: str
+    speakers: list[SpeakerAudio]
+
+
+@dataclass
+class CallOutcome:
+    call: Call
+    audio_sha256: str = ""
+    timeseries: pl.DataFrame | None = None
+    events: pl.DataFrame | None = None
+    summary: pl.DataFrame | None = None
+    error: CallError | None = None
+    audio_s: float = 0.0
+
+    @property
+    def ok(self) -> bool:
+        return self.error is None
+
+
+@dataclass
+class Result:
+    timeseries: pl.DataFrame
+    calls: pl.DataFrame
+    events: pl.DataFrame
+    errors: pl.DataFrame
+
+
+ERROR_SCHEMA = {"call_id": pl.Utf8, "file": pl.Utf8, "stage": pl.Utf8, "error": pl.Utf8, "message": pl.Utf8}
+
+
+def errors_frame(errors: Iterable[CallError]) -> pl.DataFrame:
+    return pl.DataFrame([asdict(e) for e in errors], schema=ERROR_SCHEMA)
+
+
+def audio_hash(call: Call) -> str:
+    """sha256 over the bytes of every file the call is read from (audio and RTTM)."""
+    h = hashlib.sha256()
+    for p in sorted(call.files):
+        h.update(sha256_file(p).encode())
+    return h.hexdigest()
+
+
+class Scorer:
+    """Batch scorer over one ONNX model; see the module docstring."""
+
+    def __init__(self, model: str | Path | Model | None = None, device: str = "auto",
+                 threads: int | None = None, options: ScoreOptions | None = None) -> None:
+        if isinstance(model, Model):
+            self.model = model
+        else:
+            path = Path(model) if model is not None else DEFAULT_MODEL
+            if model is None and not path.is_file():
+                raise ModelError(f"no embedded default model in this install ({path}); pass a model file")
+            self.model = Model(path, device=device, threads=threads)
+        self.options = options or ScoreOptions()
+        m = self.model
+        if m.outputs[:2] != ("valence", "arousal"):
+            raise ModelError(f"{m.path}: first outputs must be valence and arousal, got {m.outputs}")
+
+    @property
+    def model_id(self) -> str:
+        return f"{self.model.name}@{self.model.version}"
+
+    # ------------------------------------------------------------------------------ decoding
+    def decode(self, call: Call, audio_sha256: str | None = None) -> DecodedCall:
+        """Decode and condition every speaker of a call (raises AudioError/RTTMError/ValueError)."""
+        sha = audio_sha256 or audio_hash(call)
+        speakers = [self._decode_speaker(call, src) for _, src in sorted(call.speakers.items())]
+        return DecodedCall(call, sha, speakers)
+
+    def _decode_speaker(self, call: Call, src: SpeakerSource) -> SpeakerAudio:
+        m, o = self.model, self.options
+        x = load_audio(src.path, m.sample_rate, src.channel)
+        duration = len(x) / m.sample_rate
+        if src.rttm is not None:
+            x = _keep_rttm_regions(x, m.sample_rate, src.rttm, src.rttm_labels, duration)
+        speech = silence.detect_speech(x, m.sample_rate)
+        if not speech.any():
+            raise NoSpeechError(f"speaker {src.speaker}: no speech detected in {duration:.1f} s of audio")
+        if o.compress_silence:
+            y, tmap = silence.compress_silence(x, m.sample_rate, o.min_silence_s, o.keep_silence_s, speech=speech)
+        else:
+            y, tmap = x, silence.TimeMap.identity(duration)
+        if len(y) < m.hop:
+            raise TooShortError(f"speaker {src.speaker}: {len(y) / m.sample_rate:.3f} s of audio is shorter "
+                                f"than one model frame ({m.hop / m.sample_rate:.3f} s)")
+        return SpeakerAudio(src.speaker, normalise(y, m.normalisation), tmap, speech, duration)
+
+    # ----------------------------------------------------------------------------- inference
+    def infer(self, items: list[SpeakerAudio]) -> list[dict[str, np.ndarray]]:
+        """Frames for each item, batching items of similar length through the streaming graph."""
+        m, o = self.model, self.options
+        order = sorted(range(len(items)), key=lambda i: len(items[i].audio))
+        out: list[dict[str, np.ndarray] | None] = [None] * len(items)
+        chunk_frames = max(1, int(o.chunk_s * m.frame_rate))
+        budget = o.batch_seconds * m.sample_rate
+        i = 0
+        while i < len(order):
+            j = i + 1
+            # grow the batch while the padded size (longest x count) stays within budget
+            while j < len(order) and j - i < o.max_batch and len(items[order[j]].audio) * (j - i + 1) <= budget:
+                j += 1
+            group = [items[k] for k in order[i:j]]
+            longest = max(len(g.audio) for g in group)
+            batch = np.zeros((len(group), longest), np.float32)
+            for r, g in enumerate(group):
+                batch[r, : len(g.audio)] = g.audio
+            stream = m.stream(batch=len(group), chunk_frames=chunk_frames)
+            step = chunk_frames * m.hop
+            parts = [stream.push(batch[:, s:s + step]) for s in range(0, longest, step)]
+            parts.append(stream.finish())
+            frames = {k: np.concatenate([p[k] for p in parts], axis=1) for k in m.outputs}
+            for r, k in enumerate(order[i:j]):
+                n = len(items[k].audio) // m.hop
+                out[k] = {name: v[r, :n] for name, v in frames.items()}
+            i = j
+        return out  # type: ignore[return-value]
+
+    # ------------------------------------------------------------------------- to call time
+    def timeseries(self, call_id: str, item: SpeakerAudio, frames: dict[str, np.ndarray]) -> pl.DataFrame:
+        """Frame outputs -> ``rate`` windows in original call time, with the speech ratio."""
+        m, rate = self.model, self.options.rate_s
+        n_win = max(1, math.ceil(item.duration_s / rate - 1e-9))
+        n = len(frames["valence"])
+        centres = item.time_map.to_original((np.arange(n) + 0.5) / m.frame_rate)
+        win = np.clip((centres / rate).astype(np.int64), 0, n_win - 1)
+        counts = np.bincount(win, minlength=n_win)
+        cols: dict[str, np.ndarray] = {}
+        for name in m.outputs:
+            sums = np.bincount(win, weights=frames[name].astype(np.float64), minlength=n_win)
+            with np.errstate(invalid="ignore", divide="ignore"):
+                cols[name] = np.where(counts > 0, sums / np.maximum(counts, 1), np.nan)
+        vad_s = silence.FRAME_S
+        vad_win = np.clip(((np.arange(len(item.speech)) + 0.5) * vad_s / rate).astype(np.int64), 0, n_win - 1)
+        speech_ratio = np.bincount(vad_win, weights=item.speech.astype(np.float64), minlength=n_win) * vad_s / rate
+        starts = np.arange(n_win) * rate
+        df = pl.DataFrame({
+            "call_id": [call_id] * n_win,
+            "speaker": [item.speaker] * n_win,
+            "t_start_s": starts,
+            "t_end_s": np.minimum(starts + rate, item.duration_s),
+            "valence": cols["valence"],
+            "arousal": cols["arousal"],
+            **{name: cols[name] for name in m.outputs[2:]},
+            "speech_ratio": np.clip(speech_ratio, 0.0, 1.0),
+        })
+        return df.with_columns(pl.col("valence", "arousal").fill_nan(None))
+
+    # ------------------------------------------------------------------------------ pipeline
+    def iter_outcomes(self, calls: list[Call], skip=None) -> Iterator[CallOutcome]:
+        """Score calls in order; decoding runs ``prefetch`` calls ahead in a thread.
+
+        ``skip(call, audio_sha256) -> bool`` lets the nightly job skip unchanged calls before the
+        (expensive) decoding. Yields one outcome per call that is not skipped.
+        """
+        o = self.options
+        with ThreadPoolExecutor(max_workers=1, thread_name_prefix="decode") as pool:
+            def submit(call: Call) -> Future:
+                return pool.submit(self._hash_and_decode, call, skip)
+
+            pending: list[tuple[Call, Future]] = []
+            it = iter(calls)
+            for call in it:
+                pending.append((call, submit(call)))
+                if len(pending) >= o.prefetch:
+                    break
+            budget = o.batch_seconds * self.model.sample_rate
+            while pending:
+                # take decoded calls until the audio budget of one inference round is reached
+                wave: list[tuple[Call, object]] = []
+                samples = 0
+                while pending and (not wave or samples < budget):
+                    call, fut = pending.pop(0)
+                    nxt = next(it, None)
+                    if nxt is not None:
+                        pending.append((nxt, submit(nxt)))
+                    res = fut.result()
+                    wave.append((call, res))
+                    if isinstance(res, DecodedCall):
+                        samples += sum(len(s.audio) for s in res.speakers)
+                yield from self._run_wave(wave)
+
+    def _hash_and_decode(self, call: Call, skip):
+        try:
+            sha = audio_hash(call)
+        except OSError as e:
+            return CallError(call.call_id, str(call.files[0]), "read", type(e).__name__, _one_line(e))
+        if skip is not None and skip(call, sha):
+            return ("skipped", sha)
+        try:
+            return self.decode(call, sha)
+        except (AudioError, RTTMError, ScoringInputError, ValueError, OSError) as e:
+            return CallError(call.call_id, _file_of(e, call), "decode", type(e).__name__, _one_line(e))
+        except MemoryError:
+            return CallError(call.call_id, str(call.files[0]), "decode", "MemoryError", "out of memory while decoding")
+
+    def _run_wave(self, wave) -> Iterator[CallOutcome]:
+        decoded = [r for _, r in wave if isinstance(r, DecodedCall)]
+        items = [s for d in decoded for s in d.speakers]
+        frames: list[dict[str, np.ndarray]] = []
+        infer_error: CallError | None = None
+        if items:
+            try:
+                frames = self.infer(items)
+            except Exception as e:  # an inference failure must not lose the batch: retry one by one
+                infer_error = CallError("", "", "infer", type(e).__name__, _one_line(e))
+        pos = 0
+        for call, res in wave:
+            if isinstance(res, CallError):
+                yield CallOutcome(call, error=res)
+                continue
+            if isinstance(res, tuple):  # skipped
+                continue
+            n = len(res.speakers)
+            if infer_error is None:
+                call_frames = frames[pos:pos + n]
+            else:
+                try:
+                    call_frames = self.infer(res.speakers)
+                except Exception as e:
+                    yield CallOutcome(call, res.audio_sha256, error=CallError(
+                        call.call_id, str(call.files[0]), "infer", type(e).__name__, _one_line(e)))
+                    pos += n
+                    continue
+            pos += n
+            try:
+                yield self._analyse(res, call_frames)
+            except Exception as e:
+                yield CallOutcome(call, res.audio_sha256, error=CallError(
+                    call.call_id, str(call.files[0]), "analyse", type(e).__name__, _one_line(e)))
+
+    def _analyse(self, d: DecodedCall, frames: list[dict[str, np.ndarray]]) -> CallOutcome:
+        cfg = self.options.change_config
+        ts = pl.concat([self.timeseries(d.call.call_id, s, f) for s, f in zip(d.speakers, frames)], how="vertical")
+        ts = changes.smooth(ts, cfg)
+        events = changes.detect_events(ts, cfg)
+        summary = changes.call_summary(ts, events, cfg)
+        extra = pl.DataFrame({
+            "speaker": [s.speaker for s in d.speakers],
+            "layout": [d.call.layout] * len(d.speakers),
+            "compressed_s": [len(s.audio) / self.model.sample_rate for s in d.speakers],
+        })
+        summary = summary.join(extra, on="speaker", how="left")
+        audio_s = max(s.duration_s for s in d.speakers)
+        return CallOutcome(d.call, d.audio_sha256, ts, events, summary, None, audio_s)
+
+    def score_folder(self, path: str | Path) -> Result:
+        """Score every call under ``path`` in memory (no store, no skipping)."""
+        calls, errors = discover(path, self.options.discovery)
+        ts, summaries, events, errs = [], [], [], list(errors)
+        for out in self.iter_outcomes(calls):
+            if out.ok:
+                ts.append(out.timeseries)
+                summaries.append(out.summary)
+                events.append(out.events)
+            else:
+                errs.append(out.error)
+        meta, problem = read_metadata(path)
+        calls_df = pl.concat(summaries, how="diagonal_relaxed") if summaries else pl.DataFrame()
+        if meta and calls_df.height:
+            calls_df = join_metadata(calls_df, meta)
+        return Result(
+            pl.concat(ts, how="diagonal_relaxed") if ts else pl.DataFrame(),
+            calls_df,
+            pl.concat(events, how="diagonal_relaxed") if events else pl.DataFrame(),
+            errors_frame(errs),
+        )
+
+
+def join_metadata(calls_df: pl.DataFrame, rows: list[dict[str, str]]) -> pl.DataFrame:
+    """Left-join ``calls.csv`` columns (as strings); names that clash with ours get a ``meta_`` prefix."""
+    meta = pl.DataFrame(rows).cast(pl.Utf8).unique("call_id", keep="first")
+    rename = {c: f"meta_{c}" for c in meta.columns if c != "call_id" and c in calls_df.columns}
+    return calls_df.join(meta.rename(rename), on="call_id", how="left")
+
+
+class ScoringInputError(ValueError):
+    """A call that is readable but cannot be scored (no speech, too short, bad RTTM)."""
+
+
+class NoSpeechError(ScoringInputError):
+    pass
+
+
+class TooShortError(ScoringInputError):
+    pass
+
+
+def _keep_rttm_regions(x: np.ndarray, sr: int, rttm: Path, labels: tuple[str, ...], duration: float) -> np.ndarray:
+    """Silence everything outside the RTTM regions of ``labels`` (timing preserved)."""
+    segs = read_rttm(rttm)
+    over = [s for s in segs if s.end_s > duration + RTTM_TOLERANCE_S]
+    if over:
+        raise RTTMError(f"{rttm}: {len(over)} segment(s) end after the audio ({over[0].end_s:.2f} s > {duration:.2f} s)")
+    keep = np.zeros(len(x), bool)
+    for s in segs:
+        if s.label in labels:
+            keep[int(s.onset_s * sr): int(math.ceil(s.end_s * sr))] = True
+    if not keep.any():
+        raise RTTMError(f"{rttm}: no segment for speaker label(s) {', '.join(labels)}")
+    return np.where(keep, x, np.float32(0.0)).astype(np.float32)
+
+
+def _one_line(e: BaseException) -> str:
+    s = str(e).strip()
+    return (s.splitlines()[0] if s else type(e).__name__)[:300]
+
+
+def _file_of(e: BaseException, call: Call) -> str:
+    msg = str(e)
+    for p in call.files:
+        if msg.startswith(str(p)):
+            return str(p)
+    return str(call.files[0])

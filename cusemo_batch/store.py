@@ -1,0 +1,194 @@
+"""The output store: hive-partitioned Parquet tables, atomic files, a manifest and a lock.
+
+``OUT/`` layout (the product's public contract; schema version in every ``runs`` row)::
+
+    OUT/timeseries/date=YYYY-MM-DD/<call-key>.parquet   one file per call (all its speakers)
+    OUT/calls/date=YYYY-MM-DD/<call-key>.parquet
+    OUT/events/date=YYYY-MM-DD/<call-key>.parquet
+    OUT/errors/date=YYYY-MM-DD/<call-key>.parquet       present while the call fails
+    OUT/runs/date=YYYY-MM-DD/run-<run_id>.parquet       one row per run
+    OUT/_state/manifest.parquet                         what is scored with which audio/model/config
+    OUT/.lock                                           flock held by the running job
+
+Why one file per call: rescoring a call replaces exactly its files (deterministic names), so a
+re-run can never duplicate rows, a crash can only leave whole files (temp + fsync + rename), and
+no file ever needs a read-modify-write. Readers glob ``OUT/calls/**/*.parquet`` with hive
+partitioning (DuckDB, polars, Spark, Power BI's folder connector).
+"""
+
+from __future__ import annotations
+
+import fcntl
+import hashlib
+import os
+import re
+from dataclasses import dataclass
+from pathlib import Path
+
+import polars as pl
+
+from .files import TMP_PREFIX, atomic_path
+
+SCHEMA_VERSION = 1
+TABLES = ("timeseries", "calls", "events", "errors", "runs")
+_DATE = re.compile(r"^\d{4}-\d{2}-\d{2}$")
+
+MANIFEST_SCHEMA = {
+    "call_id": pl.Utf8, "status": pl.Utf8, "key": pl.Utf8, "date": pl.Utf8,
+    "files": pl.List(pl.Utf8), "run_id": pl.Utf8,
+}
+
+
+class LockedError(Exception):
+    """Another run holds the lock on this output folder (exit code 3)."""
+
+
+class StoreError(Exception):
+    """The output folder cannot be used (exit code 2)."""
+
+
+def call_key(call_id: str) -> str:
+    """A file name for a call id that can never escape its folder (no separators, no dots-only).
+
+    Readable prefix + hash of the exact id, so ``a/b`` and ``a_b`` do not collide.
+    """
+    safe = re.sub(r"[^A-Za-z0-9_-]+", "_", call_id).strip("_")[:80] or "call"
+    return f"{safe}-{hashlib.sha256(call_id.encode('utf-8')).hexdigest()[:10]}"
+
+
+def valid_date(text: str | None) -> str | None:
+    """``YYYY-MM-DD`` prefix of an ISO date/datetime, or None (so paths cannot be injected)."""
+    if not text:
+        return None
+    head = str(text).strip()[:10]
+    return head if _DATE.match(head) else None
+
+
+@dataclass
+class Store:
+    root: Path
+
+    def __post_init__(self) -> None:
+        self.root = Path(self.root)
+        self._lock_fd: int | None = None
+
+    # ------------------------------------------------------------------------------ lifecycle
+    def open(self) -> "Store":
+        """Create OUT if needed, take the lock, remove temp files left by a killed run."""
+        try:
+            self.root.mkdir(parents=True, exist_ok=True)
+            probe = self.root / f"{TMP_PREFIX}probe"
+            probe.write_bytes(b"")
+            probe.unlink()
+        except OSError as e:
+            raise StoreError(f"{self.root}: output folder not writable ({e.strerror or e})") from None
+        fd = os.open(self.root / ".lock", os.O_RDWR | os.O_CREAT, 0o644)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            holder = os.pread(fd, 200, 0).decode(errors="replace").strip()
+            os.close(fd)
+            raise LockedError(f"{self.root} is locked by another cusemo-batch run ({holder or 'unknown pid'})") from None
+        # The OS releases a flock when its process dies, so a killed run never leaves a stale lock.
+        os.ftruncate(fd, 0)
+        os.pwrite(fd, f"pid {os.getpid()}".encode(), 0)
+        self._lock_fd = fd
+        self.clean_temp_files()
+        return self
+
+    def close(self) -> None:
+        if self._lock_fd is not None:
+            fcntl.flock(self._lock_fd, fcntl.LOCK_UN)
+            os.close(self._lock_fd)
+            self._lock_fd = None
+
+    def __enter__(self) -> "Store":
+        return self.open()
+
+    def __exit__(self, *exc) -> None:
+        self.close()
+
+    def clean_temp_files(self) -> int:
+        n = 0
+        for p in self.root.rglob(f"{TMP_PREFIX}*"):
+            if p.is_file():
+                p.unlink(missing_ok=True)
+                n += 1
+        return n
+
+    # --------------------------------------------------------------------------------- tables
+    def table_path(self, table: str, date: str, name: str) -> Path:
+        if table not in TABLES:
+            raise ValueError(f"unknown table {table!r}")
+        if not _DATE.match(date):
+            raise ValueError(f"bad partition date {date!r}")
+        path = self.root / table / f"date={date}" / f"{name}.parquet"
+        # Defence in depth: names come from call_key()/run ids, but never write outside OUT.
+        if self.root.resolve() not in path.resolve().parents:
+            raise ValueError(f"refusing to write outside {self.root}: {path}")
+        return path
+
+    def write(self, table: str, date: str, name: str, df: pl.DataFrame) -> str:
+        """Write one file atomically; returns its path relative to OUT."""
+        path = self.table_path(table, date, name)
+        with atomic_path(path) as tmp:
+            df.write_parquet(tmp, compression="zstd", statistics=True)
+        return str(path.relative_to(self.root))
+
+    def remove(self, relpaths: list[str]) -> None:
+        for rel in relpaths:
+            p = (self.root / rel)
+            if self.root.resolve() in p.resolve().parents:
+                p.unlink(missing_ok=True)
+
+    def scan(self, table: str) -> pl.DataFrame | None:
+        """Read a whole table back (hive partitioning adds the ``date`` column)."""
+        files = sorted((self.root / table).glob("date=*/*.parquet"))
+        if not files:
+            return None
+        return pl.read_parquet(files, hive_partitioning=True, missing_columns="insert")
+
+    # ------------------------------------------------------------------------------- manifest
+    @property
+    def manifest_path(self) -> Path:
+        return self.root / "_state" / "manifest.parquet"
+
+    def read_manifest(self) -> pl.DataFrame:
+        """The manifest; rebuilt from the tables when it is missing or unreadable."""
+        p = self.manifest_path
+        if p.is_file():
+            try:
+                return pl.read_parquet(p)
+            except Exception:
+                pass
+        return self.rebuild_manifest()
+
+    def write_manifest(self, df: pl.DataFrame) -> None:
+        with atomic_path(self.manifest_path) as tmp:
+            df.select(list(MANIFEST_SCHEMA)).cast(MANIFEST_SCHEMA).sort("call_id").write_parquet(tmp)
+
+    def rebuild_manifest(self) -> pl.DataFrame:
+        """Reconstruct the manifest from the tables: ``calls``/``errors`` rows carry call id and key.
+
+        Files are tied to a call by their name (:func:`call_key`), shared by all tables.
+        """
+        rows: dict[str, dict] = {}  # by file stem
+        for table, status in (("errors", "error"), ("calls", "ok")):
+            for f in sorted((self.root / table).glob("date=*/*.parquet")):
+                try:
+                    df = pl.read_parquet(f)
+                except Exception:
+                    continue
+                if not df.height or "call_id" not in df.columns:
+                    continue
+                rows[f.stem] = {"call_id": df["call_id"][0], "status": status,
+                                "key": df["score_key"][0] if "score_key" in df.columns else "",
+                                "date": f.parent.name.removeprefix("date="), "files": [],
+                                "run_id": df["run_id"][0] if "run_id" in df.columns else ""}
+        for table in TABLES:
+            for f in sorted((self.root / table).glob("date=*/*.parquet")):
+                if f.stem in rows:
+                    rows[f.stem]["files"].append(str(f.relative_to(self.root)))
+        if not rows:
+            return pl.DataFrame(schema=MANIFEST_SCHEMA)
+        return pl.DataFrame(list(rows.values()), schema=MANIFEST_SCHEMA)
