@@ -39,6 +39,7 @@ from .files import sha256_file
 from .model import Model, ModelError
 
 DEFAULT_MODEL = Path(__file__).parent / "models" / "cusemo-default.onnx"
+VAD_FRAME_S = 0.02  # speech/non-speech decision every 20 ms (speech_ratio and silence compression)
 RTTM_TOLERANCE_S = 0.5  # segments may overrun the audio by rounding; more means the RTTM is for another file
 
 
@@ -155,11 +156,14 @@ class Scorer:
         duration = len(x) / m.sample_rate
         if src.rttm is not None:
             x = _keep_rttm_regions(x, m.sample_rate, src.rttm, src.rttm_labels, duration)
-        speech = silence.detect_speech(x, m.sample_rate)
+        speech = silence.detect_speech(x, m.sample_rate, VAD_FRAME_S)
         if not speech.any():
             raise NoSpeechError(f"speaker {src.speaker}: no speech detected in {duration:.1f} s of audio")
         if o.compress_silence:
-            y, tmap = silence.compress_silence(x, m.sample_rate, o.min_silence_s, o.keep_silence_s, speech=speech)
+            per_sample = np.repeat(speech, silence.frame_hop(m.sample_rate, VAD_FRAME_S))[: len(x)]
+            if per_sample.size < len(x):
+                per_sample = np.pad(per_sample, (0, len(x) - per_sample.size))
+            y, tmap = silence.compress_silence(x, m.sample_rate, o.min_silence_s, o.keep_silence_s, speech=per_sample)
         else:
             y, tmap = x, silence.TimeMap.identity(duration)
         if len(y) < m.hop:
@@ -211,7 +215,7 @@ class Scorer:
             sums = np.bincount(win, weights=frames[name].astype(np.float64), minlength=n_win)
             with np.errstate(invalid="ignore", divide="ignore"):
                 cols[name] = np.where(counts > 0, sums / np.maximum(counts, 1), np.nan)
-        vad_s = silence.FRAME_S
+        vad_s = silence.frame_hop(m.sample_rate, VAD_FRAME_S) / m.sample_rate
         vad_win = np.clip(((np.arange(len(item.speech)) + 0.5) * vad_s / rate).astype(np.int64), 0, n_win - 1)
         speech_ratio = np.bincount(vad_win, weights=item.speech.astype(np.float64), minlength=n_win) * vad_s / rate
         starts = np.arange(n_win) * rate

@@ -45,3 +45,20 @@ def tiny_corpus(tmp_path_factory, ravdess_manifest: Path) -> Path:
                           speakers=("ravdess_01", "ravdess_02", "ravdess_03"))
     build_corpus(ravdess_manifest, out, cfg)
     return out
+
+
+@pytest.fixture(scope="session")
+def plumbing_onnx(tmp_path_factory) -> Path:
+    """A small, *untrained* CRNN exported to ONNX: for testing the scoring plumbing (formats,
+    timestamps, tables, crash safety), never for judging emotions."""
+    import torch
+
+    from cusemo_batch.export.onnx import export_model
+    from cusemo_batch.training.model import CRNN, ModelConfig
+
+    torch.manual_seed(0)
+    model = CRNN(ModelConfig(conv_channels=(8, 16, 16), lstm_hidden=32, mlp_sizes=(32, 16))).eval()
+    out = tmp_path_factory.mktemp("plumbing_model") / "plumbing.onnx"
+    export_model(model, {"name": "plumbing", "version": "0", "normalisation": "none", "label_rate_ms": 500},
+                 out, check=False)
+    return out

@@ -1,0 +1,14 @@
+"""Dataset curation (``cusemo-batch prepare``): the paper's dataset work as reusable steps.
+
+* :mod:`.agreement` -- inter-annotator agreement per call (ICC(3,1), Pearson, Krippendorff's alpha)
+  and for the call-level context variables;
+* :mod:`.select` -- the paper's training-set rule (client calls with valence ICC(3,1) > 0.7) and the
+  gold standard (mean of the annotators);
+* :mod:`.silence_files` -- silence compression of audio files with a time map next to each output
+  (the same functions as the scorer: :mod:`cusemo_batch.silence`);
+* :mod:`.f0` -- eGEMAPS (openSMILE) F0 variability per call and speaker, ranked, to choose
+  emotionally varied calls to annotate.
+
+Nothing here imports torch; openSMILE, krippendorff and matplotlib come with the ``prepare`` extra
+and are imported where they are used.
+"""
