@@ -24,15 +24,18 @@ of this speaker there; plots show a gap rather than an invented value).
    after - before`` (only where both sides hold ``min_context_speech_s`` of speech). For a step of
    size ``m`` the difference is a triangle peaking at exactly ``m`` on the step.
 2. Candidate regions = maximal runs of consecutive speech windows with ``|difference| >=
-   min_change`` and the same sign. The change is placed at the region's extremum: ``t_change_s``
-   = the boundary after that window (mid-pause if the speaker pauses there), ``level_before`` /
-   ``level_after`` = the two means there, ``magnitude = level_after - level_before``.
-3. The span ``[t_start_s, t_end_s]`` = the windows around the extremum where ``|difference|``
-   stays at least half of its peak (full width at half maximum): about ``t_change_s +- context_s/2``
-   for an abrupt change, the length of the slide for a gradual one.
-4. Stability: the smoothed trajectory must stay past the midpoint of the two levels for
-   ``min_duration_s`` seconds of speech after the change (``held_s`` reports how long it did, up
-   to the next crossing or the end of the speaker's speech); shorter blips are dropped.
+   min_change`` and the same sign; each region's extremum is its candidate change.
+3. The span ``[t_start_s, t_end_s]`` = the window boundaries around the extremum where
+   ``|difference|`` stays at least half of its peak (full width at half maximum): about
+   ``+- context_s/2`` around an abrupt change, the length of the slide for a gradual one.
+   ``level_before`` / ``level_after`` = the two means at the extremum, or the "before" mean at the
+   span start and the "after" mean at the span end when those differ more (a slide longer than
+   ``context_s`` is then measured whole); ``magnitude = level_after - level_before``.
+4. ``t_change_s`` = the first window boundary in the span where the smoothed trajectory passes the
+   midpoint of the two levels (for a step: the step; across a pause: the middle of the pause).
+   Stability: from there it must stay past the midpoint for ``min_duration_s`` seconds of speech
+   (``held_s`` = how long it did, up to the next crossing or the end of the speaker's speech);
+   shorter blips are dropped.
 5. Events of the same kind whose spans overlap are merged (first ``level_before``, last
    ``level_after``).
 
@@ -377,14 +380,21 @@ def _events_1d(g: pl.DataFrame, dim: str, cfg: ChangeConfig) -> list[dict[str, A
         while b + 1 < n and valid[b + 1] and np.sign(diff[b + 1]) == s and abs(diff[b + 1]) >= half:
             b += 1
         lb, la = float(before[peak_i]), float(after[peak_i])
+        if abs(after[b] - before[a]) > abs(la - lb):  # a gradual change: the span edges see all of it
+            lb, la = float(before[a]), float(after[b])
         mid = (lb + la) / 2
-        rest = smoothed[peak_i + 1:]
-        beyond = (rest < mid) if s < 0 else (rest > mid)
-        stop = int(np.argmin(beyond)) if not beyond.all() else beyond.size
-        held = float(w[peak_i + 1: peak_i + 1 + stop].sum())
+        beyond = (smoothed < mid) if s < 0 else (smoothed > mid)
+        # the change happens where the smoothed trajectory first passes the midpoint within the span
+        inside = np.flatnonzero(beyond[a + 1: b + 2]) + a + 1
+        held, first = 0.0, peak_i + 1
+        if inside.size:
+            first = int(inside[0])
+            run = beyond[first:]
+            stop = first + (int(np.argmin(run)) if not run.all() else run.size)
+            held = float(w[first:stop].sum())
         if held >= cfg.min_duration_s - 1e-9:
             found.append({"sign": int(s), "t_start_s": float(split[a]), "t_end_s": float(split[b]),
-                          "t_change_s": float(split[peak_i]), "level_before": lb, "level_after": la,
+                          "t_change_s": float(split[first - 1]), "level_before": lb, "level_after": la,
                           "magnitude": la - lb, "held_s": held, "_peak": peak})
         k = max(r1, b + 1)
 

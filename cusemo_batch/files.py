@@ -36,13 +36,15 @@ def atomic_path(target: str | Path) -> Iterator[Path]:
     """
     target = Path(target)
     target.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp_name = tempfile.mkstemp(prefix=TMP_PREFIX, suffix=target.suffix, dir=target.parent)
+    # The temp name ends in .tmp, not the target's suffix, so globs like **/*.parquet never see it.
+    fd, tmp_name = tempfile.mkstemp(prefix=TMP_PREFIX, suffix=".tmp", dir=target.parent)
     os.close(fd)
     tmp = Path(tmp_name)
     try:
         yield tmp
         with open(tmp, "rb+") as f:
             os.fsync(f.fileno())
+        crash_point("before_rename")
         os.replace(tmp, target)
         _fsync_dir(target.parent)
     except BaseException:
@@ -66,3 +68,25 @@ def _fsync_dir(directory: Path) -> None:
         pass
     finally:
         os.close(fd)
+
+
+_crash_counts: dict[str, int] = {}
+
+
+def crash_point(name: str) -> None:
+    """Crash-safety testing hook: ``CUSEMO_CRASH_AT=name:n`` SIGKILLs this process at the n-th hit.
+
+    Lets the test suite kill a real run at exact moments (mid-file, between a call's tables,
+    after the manifest) instead of at random times. A no-op unless the variable is set.
+    """
+    spec = os.environ.get("CUSEMO_CRASH_AT")
+    if not spec:
+        return
+    want, _, nth = spec.partition(":")
+    if want != name:
+        return
+    _crash_counts[name] = _crash_counts.get(name, 0) + 1
+    if _crash_counts[name] == int(nth or 1):
+        import signal
+
+        os.kill(os.getpid(), signal.SIGKILL)

@@ -28,6 +28,7 @@ import polars as pl
 
 from . import __version__
 from .calls import Call, CallError, discover, read_metadata
+from .files import crash_point
 from .scorer import CallOutcome, Scorer, errors_frame, join_metadata
 from .store import MANIFEST_SCHEMA, SCHEMA_VERSION, Store, call_key, valid_date
 
@@ -75,6 +76,7 @@ def run_nightly(calls_dir: str | Path, out_dir: str | Path, scorer: Scorer, forc
         if meta_problem:
             log(f"warning: {meta_problem}; calls are written without metadata")
         summary.calls_found = len(calls) + len({e.call_id for e in discovery_errors})
+        crash_point("discovered")
         manifest = {r["call_id"]: r for r in store.read_manifest().iter_rows(named=True)}
         model_sha = scorer.model.sha256
         options_hash = scorer.options.result_hash()
@@ -131,10 +133,13 @@ def run_nightly(calls_dir: str | Path, out_dir: str | Path, scorer: Scorer, forc
                 pl.lit(now.isoformat()).alias("scored_at"), pl.lit(SCHEMA_VERSION).alias("schema_version"), *lit)
             if cid in meta:
                 calls_df = join_metadata(calls_df, [meta[cid]])
-            files = [store.write("timeseries", date, name, out.timeseries.with_columns(*lit)),
-                     store.write("events", date, name, out.events.with_columns(*lit))]
+            files = [store.write("timeseries", date, name, out.timeseries.with_columns(*lit))]
+            crash_point("between_tables")
+            files.append(store.write("events", date, name, out.events.with_columns(*lit)))
             files.append(store.write("calls", date, name, calls_df))  # written last: marks completeness
+            crash_point("before_manifest")
             record(cid, "ok", key, date, files)
+            crash_point("after_manifest")
             summary.scored += 1
             summary.audio_s += out.audio_s
         summary.skipped = len(found_ids) - n_done

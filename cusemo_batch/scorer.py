@@ -154,6 +154,9 @@ class Scorer:
         m, o = self.model, self.options
         x = load_audio(src.path, m.sample_rate, src.channel)
         duration = len(x) / m.sample_rate
+        if len(x) < m.hop:
+            raise TooShortError(f"speaker {src.speaker}: {duration:.3f} s of audio is shorter than one model "
+                                f"frame ({m.hop / m.sample_rate:.3f} s)")
         if src.rttm is not None:
             x = _keep_rttm_regions(x, m.sample_rate, src.rttm, src.rttm_labels, duration)
         speech = silence.detect_speech(x, m.sample_rate, VAD_FRAME_S)
