@@ -195,7 +195,7 @@ def detect_events(ts: pl.DataFrame, cfg: ChangeConfig | None = None) -> pl.DataF
 
 def call_summary(ts: pl.DataFrame, events: pl.DataFrame | None = None,
                  cfg: ChangeConfig | None = None) -> pl.DataFrame:
-    """One row per call and speaker: statistics per dimension, event counts and flags.
+    """One row per call and speaker (sorted by both): statistics per dimension, event counts, flags.
 
     ``events`` defaults to :func:`detect_events` on ``ts`` with the same config.
     """
@@ -246,9 +246,9 @@ def call_summary(ts: pl.DataFrame, events: pl.DataFrame | None = None,
                          & (pl.col("level_after_rise") >= pl.col("level_before") - cfg.recovery_margin))
                  .select(KEYS).unique().with_columns(_recovered_by_rise=pl.lit(True)))
 
-    summary = (summary.join(longest, on=KEYS, how="left", nulls_equal=True)
-               .join(counts, on=KEYS, how="left", nulls_equal=True)
-               .join(recovered, on=KEYS, how="left", nulls_equal=True))
+    summary = (summary.join(longest, on=KEYS, how="left")
+               .join(counts, on=KEYS, how="left")
+               .join(recovered, on=KEYS, how="left"))
     sustained = pl.col("longest_negative_s") >= cfg.sustained_s
     negative_end = (pl.col("valence_end") < cfg.negative_level).fill_null(False)
     summary = summary.with_columns(
@@ -288,7 +288,7 @@ def _prepare(ts: pl.DataFrame, cfg: ChangeConfig) -> pl.DataFrame:
     missing = [c for c in TIMESERIES_COLUMNS if c not in ts.columns]
     if missing:
         raise ValueError(f"timeseries lacks column(s) {missing}")
-    speech_ratio = pl.col("speech_ratio").cast(pl.Float64)
+    speech_ratio = pl.col("speech_ratio").cast(pl.Float64).fill_nan(None).clip(0.0, 1.0)
     p = (ts.drop([c for c in ("valence_smooth", "arousal_smooth") if c in ts.columns])
          .with_row_index("_row")
          .with_columns(pl.col("call_id").cast(pl.String), pl.col("speaker").cast(pl.String),

@@ -56,7 +56,7 @@ class ScoreOptions:
     # speed only:
     batch_seconds: float = 1800.0  # audio seconds (padded) per inference batch
     max_batch: int = 8
-    chunk_s: float = 30.0
+    chunk_s: float = 10.0  # bounds ORT activations: conv1 output is 50 x chunk samples per item
     prefetch: int = 4  # calls decoded ahead of inference
 
     def result_hash(self) -> str:

@@ -162,9 +162,14 @@ def test_no_speech_inputs():
     assert y.size == 0 and tm.original_duration == 0.0
 
 
-def test_frame_energy_ignores_dc_offset():
+def test_frame_energy_ignores_dc_offset_and_matches_direct_variance():
     x = np.full(SR, 0.5, dtype=np.float32)
     assert np.all(frame_energy_db(x, SR) <= -100)
+    # long enough for several internal blocks, with a partial last frame
+    x = np.random.default_rng(8).normal(0.01, 0.1, 170 * SR + 77).astype(np.float32)
+    e = frame_energy_db(x, SR)
+    ref = [10 * np.log10(np.var(x[i: i + 160].astype(np.float64))) for i in range(0, x.size, 160)]
+    np.testing.assert_allclose(e, ref, atol=1e-9)
 
 
 # --- real speech ---------------------------------------------------------------------------------

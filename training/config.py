@@ -54,6 +54,7 @@ class TrainConfig:
     patience: int = 0  # early stopping on dev CCC; 0 = off (the paper trains all epochs)
     select_on: str = "mean"  # dev metric that picks the best checkpoint: valence | arousal | mean
     threads: int = 0  # torch intra-op threads; 0 = torch default
+    grad_clip: float = 0.0  # max gradient norm; 0 = off (the paper does not clip)
     max_batches_per_epoch: int = 0  # 0 = all (tests use small numbers)
 
 

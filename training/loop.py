@@ -175,6 +175,8 @@ def train_seed(prep: Prepared, seed: int, out_dir: Path, log: Log = print,
             loss, _ = batch_loss(model, pool, batch, cfg)
             opt.zero_grad()
             loss.backward()
+            if cfg.train.grad_clip:
+                torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.train.grad_clip)
             opt.step()
             losses.append(float(loss.detach()))
             progress(1)

@@ -21,6 +21,7 @@ def main() -> None:
 def _register() -> None:
     from .corpus import corpus
     from .export import export_cmd, info_cmd
+    from .prepare import prepare
     from .score import score
     from .train import evaluate, train
 
@@ -30,6 +31,7 @@ def _register() -> None:
     main.add_command(evaluate)
     main.add_command(export_cmd)
     main.add_command(info_cmd)
+    main.add_command(prepare)
 
 
 _register()

@@ -369,8 +369,12 @@ def _is_number(s: str) -> bool:
 
 
 # ----------------------------------------------------------------------------------------- plots
-def plot_icc(per_call: pl.DataFrame, out_dir: str | Path, statistic: str = "icc_3_1") -> Path:
-    """Histogram of per-call ``statistic`` per dimension (columns) and role (rows), as PNG."""
+def plot_icc(per_call: pl.DataFrame, out_dir: str | Path, statistic: str = "icc_3_1",
+             threshold: float | None = 0.7) -> Path:
+    """Histogram of per-call ``statistic`` per dimension (columns) and role (rows), as PNG.
+
+    Dashed black line: the mean; dotted red line: ``threshold`` (the paper's selection rule, 0.7).
+    """
     import matplotlib
 
     matplotlib.use("Agg")
@@ -393,6 +397,8 @@ def plot_icc(per_call: pl.DataFrame, out_dir: str | Path, statistic: str = "icc_
             v = df.filter((pl.col("role") == role) & (pl.col("dimension") == dim))[statistic].to_numpy().astype(float)
             v = v[np.isfinite(v)]
             ax.hist(v, bins=bins, color="#4C72B0" if dim == "valence" else "#DD8452", edgecolor="white")
+            if threshold is not None:
+                ax.axvline(threshold, color="#C44E52", ls=":", lw=1.2)
             if v.size:
                 ax.axvline(v.mean(), color="k", ls="--", lw=1)
                 sd = f", sd {v.std(ddof=1):.2f}" if v.size > 1 else ""

@@ -1,0 +1,206 @@
+"""Pipeline benchmark: the nightly job end to end vs the same model in torch eager, in one run.
+
+    python benchmarks/bench_pipeline.py [--calls 24] [--long-hours 2] [--model M.onnx] [--out JSON]
+
+Builds a folder of real-speech calls (the demo calls' layouts, utterances from ../shared/data
+RAVDESS) plus one long mono call (default 2 h), then measures, each in a fresh subprocess:
+
+1. ``cusemo-batch score`` over the N calls: wall time, x real time, peak RSS;
+2. ``cusemo-batch score`` over the long call alone: wall, x real time, peak RSS (target < 1 GiB);
+3. torch eager, model only (no decoding, no analysis, no writing), over the same decoded audio,
+   fed in 60 s chunks with the LSTM state carried (whole-pass torch on 2 h needs > 10 GB);
+
+and prints the ratio end-to-end ORT / torch model-only (target >= 3x on 2 cores). The model is the
+embedded default, or ``--model``, or a paper-size CRNN with random weights exported on the fly
+(speed does not depend on the weights).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import resource
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+import soundfile as sf
+
+REPO = Path(__file__).resolve().parents[1]
+DATA = REPO.parent / "shared" / "data" / "ravdess"
+SR = 8000
+
+
+def _utterances(n: int, seed: int) -> list[np.ndarray]:
+    from cusemo_batch.audio import load_audio
+
+    files = sorted((DATA / "audio").glob("*.flac"))
+    rng = np.random.default_rng(seed)
+    return [load_audio(files[i], SR) for i in rng.choice(len(files), n, replace=False)]
+
+
+def build_calls(root: Path, n_calls: int, long_hours: float) -> tuple[Path, Path, float]:
+    """N calls of 40-120 s (stereo, per-speaker and mono, alternating) + one long mono call."""
+    rng = np.random.default_rng(0)
+    pool = _utterances(240, 1)
+    calls = root / "calls"
+    calls.mkdir(parents=True)
+    total = 0.0
+    for i in range(n_calls):
+        target = rng.uniform(40, 120)
+        a, c, t = [], [], 0.0
+        while t < target:
+            u = pool[rng.integers(len(pool))]
+            gap = np.zeros(int(rng.uniform(0.2, 0.8) * SR), np.float32)
+            seg = np.concatenate([u, gap])
+            (a if rng.random() < 0.4 else c).append(seg)
+            (c if a and a[-1] is seg else a).append(np.zeros_like(seg))
+            t += len(seg) / SR
+        agent, client = np.concatenate(a), np.concatenate(c)
+        n = min(len(agent), len(client))
+        agent, client = agent[:n], client[:n]
+        kind = i % 3
+        if kind == 0:
+            sf.write(calls / f"call{i:03d}.flac", np.stack([agent, client], 1), SR, subtype="PCM_16")
+            total += 2 * n / SR
+        elif kind == 1:
+            (calls / f"call{i:03d}").mkdir()
+            sf.write(calls / f"call{i:03d}" / "agent.flac", agent, SR, subtype="PCM_16")
+            sf.write(calls / f"call{i:03d}" / "client.flac", client, SR, subtype="PCM_16")
+            total += 2 * n / SR
+        else:
+            sf.write(calls / f"call{i:03d}.flac", client, SR, subtype="PCM_16")
+            total += n / SR
+    long_dir = root / "long"
+    long_dir.mkdir()
+    n_long = int(long_hours * 3600 * SR)
+    with sf.SoundFile(long_dir / "long_call.flac", "w", SR, 1, subtype="PCM_16") as f:
+        written = 0
+        while written < n_long:
+            u = pool[rng.integers(len(pool))]
+            seg = np.concatenate([u, np.zeros(int(rng.uniform(0.3, 1.5) * SR), np.float32)])[: n_long - written]
+            f.write(seg)
+            written += len(seg)
+    return calls, long_dir, total
+
+
+def default_model(tmp: Path) -> tuple[Path, str]:
+    from cusemo_batch.scorer import DEFAULT_MODEL
+
+    if DEFAULT_MODEL.is_file():
+        return DEFAULT_MODEL, "embedded default"
+    import torch
+
+    from cusemo_batch.export.onnx import export_model
+    from cusemo_batch.training.model import CRNN, ModelConfig
+
+    torch.manual_seed(0)
+    out = tmp / "paper_random.onnx"
+    export_model(CRNN(ModelConfig()).eval(), {"name": "paper-random", "version": "0", "normalisation": "none"},
+                 out, check=False)
+    return out, "paper-size CRNN, random weights"
+
+
+def run_child(args: list[str]) -> tuple[float, float, str]:
+    """Wall seconds and peak RSS (MiB) of a child process."""
+    code = ("import resource, subprocess, sys, time, json\n"
+            "t=time.perf_counter(); p=subprocess.run(sys.argv[1:], capture_output=True, text=True)\n"
+            "w=time.perf_counter()-t; r=resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss\n"
+            "print(json.dumps({'wall': w, 'rss_kib': r, 'rc': p.returncode, 'out': p.stdout[-400:], 'err': p.stderr[-800:]}))\n")
+    p = subprocess.run([sys.executable, "-c", code, *args], capture_output=True, text=True)
+    d = json.loads(p.stdout.strip().splitlines()[-1])
+    if d["rc"] != 0:
+        raise RuntimeError(f"{' '.join(args)} failed ({d['rc']}): {d['err']}")
+    return d["wall"], d["rss_kib"] / 1024, d["out"]
+
+
+def torch_eager_seconds(model_path: Path, folders: list[Path], threads: int) -> tuple[float, float]:
+    """Model-only torch eager time over the same decoded, silence-compressed audio as the scorer."""
+    import torch
+
+    from cusemo_batch.calls import discover
+    from cusemo_batch.model import Model
+    from cusemo_batch.scorer import Scorer
+    from cusemo_batch.training.model import CRNN, ModelConfig
+
+    torch.set_num_threads(threads)
+    m = Model(model_path, device="cpu")
+    scorer = Scorer(m)
+    cfg = ModelConfig.from_dict(m.metadata["model_config"])
+    net = CRNN(cfg).eval()
+    audio = []
+    for folder in folders:
+        calls, _ = discover(folder)
+        for call in calls:
+            audio += [s.audio for s in scorer.decode(call).speakers]
+    seconds = sum(len(a) for a in audio) / SR
+    chunk = 60 * SR
+    ctx = cfg.receptive_field - cfg.hop
+    t0 = time.perf_counter()
+    with torch.inference_mode():
+        for a in audio:
+            x = torch.nn.functional.pad(torch.from_numpy(a)[None], (cfg.pad_left, cfg.pad_right))
+            state = None
+            for s in range(0, len(a) - len(a) % cfg.hop if len(a) >= cfg.hop else 0, chunk):
+                n = min(chunk, len(a) // cfg.hop * cfg.hop - s)
+                if n <= 0:
+                    break
+                _, state = net.forward_padded(x[:, s: s + n + ctx], state)
+    return time.perf_counter() - t0, seconds
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--calls", type=int, default=24)
+    ap.add_argument("--long-hours", type=float, default=2.0)
+    ap.add_argument("--threads", type=int, default=2)
+    ap.add_argument("--model", type=Path)
+    ap.add_argument("--out", type=Path, default=REPO / "benchmarks" / "results" / "pipeline.json")
+    a = ap.parse_args()
+    with tempfile.TemporaryDirectory(prefix="cusemo-bench-") as tmpd:
+        tmp = Path(tmpd)
+        t = time.perf_counter()
+        calls, long_dir, calls_audio_s = build_calls(tmp, a.calls, a.long_hours)
+        print(f"built {a.calls} calls ({calls_audio_s / 3600:.2f} h of speaker audio) + a {a.long_hours:g} h call "
+              f"in {time.perf_counter() - t:.0f} s")
+        model, model_desc = (a.model, "given") if a.model else default_model(tmp)
+        cmd = [sys.executable, "-m", "cusemo_batch", "score"]
+        common = ["--model", str(model), "--threads", str(a.threads), "--device", "cpu"]
+        w_calls, rss_calls, _ = run_child(cmd + [str(calls), "--out", str(tmp / "out1")] + common)
+        w_long, rss_long, _ = run_child(cmd + [str(long_dir), "--out", str(tmp / "out2")] + common)
+        long_audio_s = a.long_hours * 3600
+        torch_calls, speech_calls = torch_eager_seconds(model, [calls], a.threads)
+        torch_long, speech_long = torch_eager_seconds(model, [long_dir], a.threads)
+    rows = [
+        {"case": f"{a.calls} calls", "audio_s": calls_audio_s, "compressed_s": speech_calls,
+         "ort_end_to_end_s": w_calls, "x_real_time": calls_audio_s / w_calls, "peak_rss_mib": rss_calls,
+         "torch_model_only_s": torch_calls, "torch_x_real_time": calls_audio_s / torch_calls,
+         "ratio": torch_calls / w_calls},
+        {"case": f"{a.long_hours:g} h call", "audio_s": long_audio_s, "compressed_s": speech_long,
+         "ort_end_to_end_s": w_long, "x_real_time": long_audio_s / w_long, "peak_rss_mib": rss_long,
+         "torch_model_only_s": torch_long, "torch_x_real_time": long_audio_s / torch_long,
+         "ratio": torch_long / w_long},
+    ]
+    hdr = f"{'case':<12} {'audio h':>8} {'e2e s':>8} {'e2e xRT':>8} {'RSS MiB':>8} {'torch s':>8} {'torch xRT':>9} {'ratio':>6}"
+    print(hdr)
+    print("-" * len(hdr))
+    for r in rows:
+        print(f"{r['case']:<12} {r['audio_s'] / 3600:>8.2f} {r['ort_end_to_end_s']:>8.1f} {r['x_real_time']:>8.0f} "
+              f"{r['peak_rss_mib']:>8.0f} {r['torch_model_only_s']:>8.1f} {r['torch_x_real_time']:>9.0f} {r['ratio']:>5.2f}x")
+    print("e2e = cusemo-batch score as a subprocess (decode, silence compression, ONNX, analysis, Parquet);"
+          " torch = model-only eager forward on the same compressed audio; ratio = torch s / e2e s")
+    result = {"benchmark": "pipeline", "date": time.strftime("%Y-%m-%dT%H:%M:%S%z"), "model": model_desc,
+              "threads": a.threads, "machine": {"cpus": os.cpu_count(), "platform": platform.platform()},
+              "rows": rows}
+    a.out.parent.mkdir(parents=True, exist_ok=True)
+    a.out.write_text(json.dumps(result, indent=2))
+    print(f"wrote {a.out}")
+
+
+if __name__ == "__main__":
+    main()
