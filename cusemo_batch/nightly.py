@@ -105,7 +105,7 @@ def run_nightly(calls_dir: str | Path, out_dir: str | Path, scorer: Scorer, forc
         def write_error(err: CallError, key: str = "") -> None:
             date = date_for(err.call_id)
             df = errors_frame([err]).with_columns(
-                pl.lit(key).alias("score_key"), pl.lit(now.isoformat()).alias("occurred_at"),
+                pl.lit(key).alias("score_key"), pl.lit(now).alias("occurred_at"),
                 *[pl.lit(v).alias(k) for k, v in common.items()])
             files = [store.write("errors", date, call_key(err.call_id), df)]
             record(err.call_id, "error", key, date, files)
@@ -130,7 +130,7 @@ def run_nightly(calls_dir: str | Path, out_dir: str | Path, scorer: Scorer, forc
             lit = [pl.lit(v).alias(k) for k, v in common.items()]
             calls_df = out.summary.with_columns(
                 pl.lit(out.audio_sha256).alias("audio_sha256"), pl.lit(key).alias("score_key"),
-                pl.lit(now.isoformat()).alias("scored_at"), pl.lit(SCHEMA_VERSION).alias("schema_version"), *lit)
+                pl.lit(now).alias("scored_at"), pl.lit(SCHEMA_VERSION).alias("schema_version"), *lit)
             if cid in meta:
                 calls_df = join_metadata(calls_df, [meta[cid]])
             files = [store.write("timeseries", date, name, out.timeseries.with_columns(*lit))]
@@ -145,8 +145,8 @@ def run_nightly(calls_dir: str | Path, out_dir: str | Path, scorer: Scorer, forc
         summary.skipped = len(found_ids) - n_done
         summary.wall_s = time.perf_counter() - t0
         run_row = pl.DataFrame([{
-            "run_id": run_id, "started_at": now.isoformat(),
-            "finished_at": dt.datetime.now(dt.timezone.utc).isoformat(),
+            "run_id": run_id, "started_at": now,
+            "finished_at": dt.datetime.now(dt.timezone.utc),
             "calls_dir": str(Path(calls_dir).resolve()), "calls_found": summary.calls_found,
             "scored": summary.scored, "skipped": summary.skipped, "failed": summary.failed,
             "audio_s": summary.audio_s, "wall_s": summary.wall_s, "x_real_time": summary.x_real_time,

@@ -356,9 +356,14 @@ class Scorer:
 
 
 def join_metadata(calls_df: pl.DataFrame, rows: list[dict[str, str]]) -> pl.DataFrame:
-    """Left-join ``calls.csv`` columns (as strings); names that clash with ours get a ``meta_`` prefix."""
+    """Left-join ``calls.csv`` columns (as strings); names that clash with ours get a ``meta_`` prefix.
+
+    ``date`` becomes ``call_date``: ``date`` is the hive partition key of every table.
+    """
     meta = pl.DataFrame(rows).cast(pl.Utf8).unique("call_id", keep="first")
     rename = {c: f"meta_{c}" for c in meta.columns if c != "call_id" and c in calls_df.columns}
+    if "date" in meta.columns:
+        rename["date"] = "call_date"
     return calls_df.join(meta.rename(rename), on="call_id", how="left")
 
 

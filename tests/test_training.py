@@ -76,7 +76,7 @@ def test_aux_heads_and_eq3_in_batch_loss(tiny_corpus):
     assert np.isfinite(batch["alpha"]).all() and set(batch["beta"]) <= {0.0, 1.0}
     loss, parts = batch_loss(model, Pooler(1 / 32, 0.5), batch, prep.cfg)
     expected = (parts["valence"] + parts["arousal"] + 0.1 * parts["alpha"] + 0.01 * parts["beta"]) / 2.11
-    assert float(loss) == pytest.approx(expected, rel=1e-5)
+    assert float(loss.detach()) == pytest.approx(expected, rel=1e-5)
 
 
 def test_cli_train_evaluate_and_resume(tiny_corpus, tmp_path):

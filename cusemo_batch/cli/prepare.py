@@ -243,9 +243,10 @@ def compress_silence_cmd(src: Path, dst: Path, min_silence: float, keep: float, 
 @click.option("--roles", default="", help="RTTM label to role, e.g. SPEAKER_00=agent,SPEAKER_01=client.")
 @click.option("--speaker-name", default="client", show_default=True, help="Speaker of mono files without RTTM.")
 @click.option("--speakers", default="", help="Roles to rank, e.g. client (default: every speaker found).")
+@click.option("--follow-symlinks", is_flag=True, help="Follow symlinks that point outside CALLS.")
 @user_errors(ValueError, OSError, ImportError)
 def rank_f0_cmd(calls_dir: Path, out: Path, min_voiced: float, top: int, layout: str, channels: str, roles: str,
-                speaker_name: str, speakers: str) -> None:
+                speaker_name: str, speakers: str, follow_symlinks: bool) -> None:
     """Rank calls by F0 variability (eGEMAPS, openSMILE) to choose varied calls to annotate.
 
     Ranking key f0_sd_st = standard deviation of F0 in semitones over voiced frames (eGEMAPSv02 LLD
@@ -256,7 +257,8 @@ def rank_f0_cmd(calls_dir: Path, out: Path, min_voiced: float, top: int, layout:
     from cusemo_batch.files import atomic_path
 
     opts = DiscoveryOptions(layout=layout, channels=_names(channels), speaker_name=speaker_name,
-                            roles=_pairs(roles, "--roles"), speakers=_names(speakers))
+                            roles=_pairs(roles, "--roles"), speakers=_names(speakers),
+                            follow_symlinks=follow_symlinks)
     with progress("eGEMAPS F0", None) as advance:
         ranking, errors = rank_f0(calls_dir, opts, min_voiced_s=min_voiced, progress=advance)
     with atomic_path(out) as tmp:

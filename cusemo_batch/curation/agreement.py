@@ -85,6 +85,9 @@ def icc(ratings: np.ndarray) -> ICC:
         return ICC(n, k, nan, nan, nan, nan, nan, nan, nan, nan, nan, nan)
     grand = x.mean()
     ss_total = float(((x - grand) ** 2).sum())
+    if ss_total <= (1e-9 * max(float(np.abs(x).max()), 1e-300)) ** 2 * x.size:  # flat up to rounding
+        nan = math.nan
+        return ICC(n, k, 0.0, 0.0, 0.0, 0.0, nan, nan, nan, nan, nan, nan)
     ss_rows = float(k * ((x.mean(axis=1) - grand) ** 2).sum())
     ss_cols = float(n * ((x.mean(axis=0) - grand) ** 2).sum())
     ss_err = max(ss_total - ss_rows - ss_cols, 0.0)
@@ -181,7 +184,7 @@ def interval_alpha(data: np.ndarray) -> float:
     n = int(m.sum())
     grand = vals.sum() / n
     ss = float((np.where(ok, x - grand, 0.0) ** 2).sum())
-    if n < 2 or ss <= 0:
+    if n < 2 or ss <= (1e-9 * max(float(np.abs(vals).max()), 1e-300)) ** 2 * n:  # no variance (up to rounding)
         return math.nan
     return float(1.0 - (n - 1) / n * float((m * ss_u / (m - 1)).sum()) / ss)
 
