@@ -190,9 +190,12 @@ class Scorer:
                 j += 1
             group = [items[k] for k in order[i:j]]
             longest = max(len(g.audio) for g in group)
-            batch = np.zeros((len(group), longest), np.float32)
-            for r, g in enumerate(group):
-                batch[r, : len(g.audio)] = g.audio
+            if len(group) == 1:  # a long call alone: no padded copy of hours of audio
+                batch = group[0].audio[None, :]
+            else:
+                batch = np.zeros((len(group), longest), np.float32)
+                for r, g in enumerate(group):
+                    batch[r, : len(g.audio)] = g.audio
             stream = m.stream(batch=len(group), chunk_frames=chunk_frames)
             step = chunk_frames * m.hop
             parts = [stream.push(batch[:, s:s + step]) for s in range(0, longest, step)]

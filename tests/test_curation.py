@@ -197,12 +197,14 @@ def test_selection_reproduces_paper_rule_and_gold_is_mean(gen_corpus, tmp_path):
     reasons = dict(zip(sel["call_id"], sel["reason"]))
     assert reasons["a_good"].startswith("role agent") and "undefined" in reasons["c_flat"]
     assert set(sel.filter(pl.col("selected"))["call_id"]) <= set(sel.filter(pl.col("icc_valence") > 0.7)["call_id"])
-    assert set(select_calls(corpus, SelectionRule(dimension="both")).filter(pl.col("selected"))["call_id"]) == {"c_good1"}
-    assert set(select_calls(corpus, SelectionRule(role=None)).filter(pl.col("selected"))["call_id"]) == {
-        "c_good1", "c_good2", "a_good"}
+    def chosen_by(rule):
+        return set(select_calls(corpus, rule).filter(pl.col("selected"))["call_id"])
+
+    assert chosen_by(SelectionRule(dimension="both")) == {"c_good1"}
+    assert chosen_by(SelectionRule(role=None)) == {"c_good1", "c_good2", "a_good"}
     # strict ">" as in the paper: a threshold equal to a call's ICC rejects it
     icc_g1 = float(sel.filter(pl.col("call_id") == "c_good1")["icc_valence"][0])
-    assert "c_good1" not in set(select_calls(corpus, SelectionRule(min_icc=icc_g1)).filter(pl.col("selected"))["call_id"])
+    assert "c_good1" not in chosen_by(SelectionRule(min_icc=icc_g1))
 
     out = tmp_path / "sel"
     (out / "gold").mkdir(parents=True)
@@ -268,7 +270,8 @@ def _level(x: np.ndarray, db: float) -> np.ndarray:
 def _telephone_noise(rng, n: int) -> np.ndarray:
     """Line noise at -55 dBFS plus 50 Hz mains hum at -50 dBFS: stationary, never digital silence."""
     t = np.arange(n) / SR
-    return (rng.normal(0, 10 ** (-55 / 20), n) + 10 ** (-50 / 20) * np.sqrt(2) * np.sin(2 * np.pi * 50 * t)).astype(np.float32)
+    hum = 10 ** (-50 / 20) * np.sqrt(2) * np.sin(2 * np.pi * 50 * t)
+    return (rng.normal(0, 10 ** (-55 / 20), n) + hum).astype(np.float32)
 
 
 def test_compress_silence_keeps_speech_and_shortens_only_long_pauses(ravdess_dir, tmp_path):
@@ -277,8 +280,10 @@ def test_compress_silence_keeps_speech_and_shortens_only_long_pauses(ravdess_dir
     u1 = _level(_active(_utt(ravdess_dir, "03-01-05-02-01-01-01.flac")), -20)
     u2 = _level(_active(_utt(ravdess_dir, "03-01-04-01-02-01-02.flac")), -32)
     u3 = _level(_active(_utt(ravdess_dir, "03-01-03-02-01-02-03.flac")), -24)
-    parts = [("sil", np.zeros(int(0.5 * SR), np.float32)), ("sp", u1), ("sil", np.zeros(6 * SR, np.float32)),
-             ("sp", u2), ("sil", np.zeros(int(1.5 * SR), np.float32)), ("sp", u3), ("sil", np.zeros(int(0.5 * SR), np.float32))]
+    def pause(seconds):
+        return ("sil", np.zeros(int(seconds * SR), np.float32))
+
+    parts = [pause(0.5), ("sp", u1), pause(6), ("sp", u2), pause(1.5), ("sp", u3), pause(0.5)]
     x = np.concatenate([p for _, p in parts])
     x = np.clip(x + _telephone_noise(rng, x.size), -1, 1)
     x = np.round(x * 32767) / 32768  # exactly representable in PCM_16
@@ -358,7 +363,8 @@ def test_f0_ranking_puts_varied_pitch_above_monotone(ravdess_dir, tmp_path):
     sf.write(calls / "varied.flac", load_audio(ravdess_dir / "audio" / "03-01-05-01-01-01-01.flac", SR), SR)
     sf.write(calls / "monotone.flac", load_audio(ravdess_dir / "audio" / "03-01-04-02-01-01-01.flac", SR), SR)
     # mono + RTTM: the two utterances in one file, one RTTM speaker each
-    sf.write(calls / "mix.flac", np.concatenate([load_audio(calls / "varied.flac", SR), load_audio(calls / "monotone.flac", SR)]), SR)
+    mix = np.concatenate([load_audio(calls / "varied.flac", SR), load_audio(calls / "monotone.flac", SR)])
+    sf.write(calls / "mix.flac", mix, SR)
     d = sf.info(str(calls / "varied.flac")).duration
     (calls / "mix.rttm").write_text(
         f"SPEAKER mix 1 0.000 {d:.3f} <NA> <NA> LIVELY <NA> <NA>\n"
@@ -403,7 +409,8 @@ def test_prepare_commands_end_to_end(tiny_corpus, tmp_path):
 
     audio = tiny_corpus / "audio"
     one = sorted(audio.iterdir())[0]
-    r = runner.invoke(main, ["prepare", "compress-silence", str(one), str(tmp_path / "cs" / "x.flac"), "--map-format", "json"])
+    r = runner.invoke(main, ["prepare", "compress-silence", str(one), str(tmp_path / "cs" / "x.flac"),
+                             "--map-format", "json"])
     assert r.exit_code == 0, r.output
     assert (tmp_path / "cs" / "x.timemap.json").is_file()
 

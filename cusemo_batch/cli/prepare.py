@@ -13,7 +13,7 @@ from typing import Sequence
 
 import click
 
-from .common import UserError, console, err_console, progress, user_errors
+from .common import console, err_console, progress, user_errors
 
 
 def _names(text: str) -> tuple[str, ...]:
@@ -171,14 +171,16 @@ def select_cmd(corpus_dir: Path, out: Path, min_icc: float, dimension: str, gold
     dims = "valence and arousal" if dimension == "both" else dimension
     rows = [["calls in corpus", s["calls"]], [role_txt, s["calls_of_role"]],
             [f"selected ({dims} ICC(3,1) > {min_icc:g})", s["selected"]],
-            ["share selected", f"{100 * s['selected_share_of_role']:.0f} %" if s["selected_share_of_role"] is not None else "-"],
+            ["share selected", "-" if s["selected_share_of_role"] is None
+             else f"{100 * s['selected_share_of_role']:.0f} %"],
             ["selected audio", f"{s['selected_hours']:.2f} h"],
             ["duration range", f"{_fmt(s['duration_min_s'], 1)} - {_fmt(s['duration_max_s'], 1)} s"],
             ["gender", ", ".join(f"{g}: {n}" for g, n in sorted(s["gender"].items())) or "-"],
             ["gold standard", f"{gold} of the annotators"]]
     rows += [[f"rejected: {k}", v] for k, v in sorted(s["rejected_by_reason"].items())]
     _table("Selection", ["", "value"], rows)
-    console.print(f"wrote {out}/selected.csv, selection.parquet, selection.json and {s['selected']} gold file(s) in {out}/gold/")
+    console.print(f"wrote {out}/selected.csv, selection.parquet, selection.json and "
+                  f"{s['selected']} gold file(s) in {out}/gold/")
 
 
 # ------------------------------------------------------------------------------ compress-silence
@@ -193,7 +195,8 @@ def select_cmd(corpus_dir: Path, out: Path, min_icc: float, dimension: str, gold
               help="Compress each file on its own speech (default: the files of one call share one speech mask).")
 @click.option("--map-format", type=click.Choice(["parquet", "json"]), default="parquet", show_default=True)
 @user_errors(ValueError, OSError)
-def compress_silence_cmd(src: Path, dst: Path, min_silence: float, keep: float, per_file: bool, map_format: str) -> None:
+def compress_silence_cmd(src: Path, dst: Path, min_silence: float, keep: float, per_file: bool,
+                         map_format: str) -> None:
     """Replace every silence longer than --min-silence by --keep seconds of it (the paper: 3 s -> 1 s).
 
     IN is an audio file (OUT: a file, or a folder to put it in) or a CALLS folder (OUT: a folder,
@@ -221,8 +224,9 @@ def compress_silence_cmd(src: Path, dst: Path, min_silence: float, keep: float, 
         _table("Silence compression (seconds)", ["file", "ch", "original", "compressed", "removed", "cuts"], rows)
     tot_o = sum(r.original_s for r in results)
     tot_c = sum(r.compressed_s for r in results)
-    console.print(f"{len(results)} file(s): {tot_o / 60:.1f} min -> {tot_c / 60:.1f} min "
-                  f"({100 * (1 - tot_c / tot_o) if tot_o else 0:.1f} % removed); time maps *.timemap.{map_format} in {dst}")
+    share = 100 * (1 - tot_c / tot_o) if tot_o else 0.0
+    console.print(f"{len(results)} file(s): {tot_o / 60:.1f} min -> {tot_c / 60:.1f} min ({share:.1f} % removed); "
+                  f"time maps *.timemap.{map_format} in {dst}")
     for e in errors:
         err_console.print(f"error: {e['file']}: {e['message']}", markup=False)
     if errors:
@@ -284,4 +288,4 @@ def rank_f0_cmd(calls_dir: Path, out: Path, min_voiced: float, top: int, layout:
         sys.exit(1)
 
 
-__all__ = ["prepare", "UserError"]
+__all__ = ["prepare"]

@@ -81,7 +81,8 @@ def _read_channels(path: Path) -> tuple[list[np.ndarray], int, str]:
     try:
         info = sf.info(str(path))
     except Exception as e:
-        raise AudioError(f"{path}: not readable as audio ({str(e).splitlines()[0][:200] if str(e) else type(e).__name__})") from None
+        why = str(e).strip().splitlines()[0][:200] if str(e).strip() else type(e).__name__
+        raise AudioError(f"{path}: not readable as audio ({why})") from None
     sr = int(info.samplerate)
     chans = [load_audio(path, sr, ch if info.channels > 1 else None) for ch in range(info.channels)]
     return chans, sr, info.subtype
