@@ -245,6 +245,9 @@ def test_context_agreement_per_annotator_rows(tmp_path):
     assert e["alpha"] == pytest.approx(ag.interval_alpha(np.stack([e1, e2])))
     p = by["purpose"]
     assert p["level"] == "nominal" and p["percent_agreement"] == pytest.approx(4 / 5)
+    pairs = ag.context_pairs(root / "context.csv")
+    np.testing.assert_array_equal(pairs["empathy"], np.stack([e1, e2], axis=1))
+    assert ag.plot_context(pairs, tmp_path).read_bytes()[:4] == b"\x89PNG"
 
 
 # ------------------------------------------------------------------------------------ real speech

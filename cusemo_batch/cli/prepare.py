@@ -38,6 +38,12 @@ def _fmt(v, digits: int = 3) -> str:
     return str(v)
 
 
+def _p(p: float | None) -> str:
+    if p is None or math.isnan(p):
+        return "-"
+    return f"{p:.3f}" if p >= 0.001 else f"{p:.1e}"
+
+
 def _table(title: str, columns: Sequence[str], rows: Sequence[Sequence[object]]) -> None:
     """A rich table on a terminal, plain aligned text otherwise (logs, pipes)."""
     cells = [[_fmt(v) for v in r] for r in rows]
@@ -126,7 +132,7 @@ def agreement_cmd(corpus_dir: Path, out: Path, min_annotators: int, plots: bool)
     if context.height:
         _table("Context variables between annotators",
                ["variable", "level", "calls", "Pearson r", "p", "alpha", "agree"],
-               [[r["variable"], r["level"], r["n_calls"], r["pearson_r"], r["pearson_p"], r["alpha"],
+               [[r["variable"], r["level"], r["n_calls"], r["pearson_r"], _p(r["pearson_p"]), r["alpha"],
                  r["percent_agreement"]] for r in context.iter_rows(named=True)])
     else:
         console.print("context: no call has two annotators' context rows (consolidated or missing context.csv)")

@@ -4,7 +4,7 @@
   and for the call-level context variables;
 * :mod:`.select` -- the paper's training-set rule (client calls with valence ICC(3,1) > 0.7) and the
   gold standard (mean of the annotators);
-* :mod:`.silence_files` -- silence compression of audio files with a time map next to each output
+* :mod:`.compress` -- silence compression of audio files with a time map next to each output
   (the same functions as the scorer: :mod:`cusemo_batch.silence`);
 * :mod:`.f0` -- eGEMAPS (openSMILE) F0 variability per call and speaker, ranked, to choose
   emotionally varied calls to annotate.

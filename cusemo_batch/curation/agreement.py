@@ -434,7 +434,8 @@ def plot_context(pairs: dict[str, np.ndarray], out_dir: str | Path) -> Path | No
     rng = np.random.default_rng(0)
     for ax, name in zip(axes[0], names):
         xy = pairs[name]
-        jitter = rng.uniform(-0.15, 0.15, xy.shape)  # integer scales: jitter so stacked points show
+        integer = np.all(xy == np.round(xy))
+        jitter = rng.uniform(-0.15, 0.15, xy.shape) if integer else np.zeros(xy.shape)  # integer scales: show stacked points
         ax.scatter(xy[:, 0] + jitter[:, 0], xy[:, 1] + jitter[:, 1], s=10, alpha=0.6)
         lo, hi = float(xy.min()), float(xy.max())
         ax.plot([lo, hi], [lo, hi], color="k", lw=0.8, ls="--")
