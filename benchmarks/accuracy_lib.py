@@ -7,6 +7,7 @@ Conventions (as in :mod:`cusemo_batch.timegrid`): label bin ``k`` of width ``bin
 
 from __future__ import annotations
 
+import atexit
 import csv
 import hashlib
 import os
@@ -54,6 +55,7 @@ def _smile(window_s: float, hop_s: float):
     if _SMILE is None or _SMILE_KEY != key:
         conf = Path(tempfile.gettempdir()) / f"cusemo_bench_framemode_{os.getpid()}_{window_s:g}_{hop_s:g}.conf.inc"
         conf.write_text(FRAME_MODE_TEMPLATE.format(window_s=window_s, hop_s=hop_s))
+        atexit.register(conf.unlink, missing_ok=True)
         _SMILE = opensmile.Smile(feature_set=opensmile.FeatureSet.eGeMAPSv02,
                                  feature_level=opensmile.FeatureLevel.Functionals,
                                  options={"frameModeFunctionalsConf": str(conf)})
@@ -91,9 +93,12 @@ def features_for_bins(w: WindowFeatures, n_bins: int, bin_s: float, delay_bins: 
     """Feature row per label bin: the *complete* window whose centre is nearest to the bin centre
     shifted ``delay_bins`` earlier (annotation-delay compensation). At the call edges, where no
     complete window is centred on the bin, the nearest complete window is used (clamped)."""
-    full = (w.end_s - w.start_s) >= w.window_s - 1e-6
+    # openSMILE stamps a window with its LLD frames' span (window_s + one LLD frame length) and
+    # flushes the input's remainder into the last window(s): "complete" = the common span, +-20 ms.
+    length = w.end_s - w.start_s
+    full = (np.abs(length - np.median(length)) <= 0.02) & (length >= w.window_s - 1e-6)
     idx = np.flatnonzero(full) if full.any() else np.arange(len(w.start_s))  # very short call: take what exists
-    centres = w.start_s[idx] + np.minimum(w.window_s, w.end_s[idx] - w.start_s[idx]) / 2
+    centres = w.start_s[idx] + np.minimum(w.window_s, length[idx]) / 2
     want = (np.arange(n_bins) - delay_bins + 0.5) * bin_s
     pos = np.clip(np.searchsorted(centres, want), 1, max(len(centres) - 1, 1))
     left = np.clip(pos - 1, 0, len(centres) - 1)

@@ -20,6 +20,7 @@ def main() -> None:
 
 def _register() -> None:
     from .corpus import corpus
+    from .experiment import experiment
     from .export import export_cmd, info_cmd
     from .prepare import prepare
     from .score import score
@@ -32,6 +33,7 @@ def _register() -> None:
     main.add_command(export_cmd)
     main.add_command(info_cmd)
     main.add_command(prepare)
+    main.add_command(experiment)
 
 
 _register()

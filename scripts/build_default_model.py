@@ -1,0 +1,102 @@
+"""Rebuild the embedded default model from scratch (the recipe behind cusemo_batch/models/).
+
+    python scripts/build_default_model.py [--data ../shared/data/ravdess] [--work build/default]
+                                          [--config training/configs/ravdess_default.toml] [--install]
+
+Steps: bootstrap pseudo-calls from RAVDESS (`corpus from-categorical`, seed 0) -> train with the
+speaker-disjoint split of the recipe config (resumes if interrupted) -> pick the best seed on dev
+CCC -> export fp32 ONNX (parity-checked against torch on real test-split audio) and int8 ->
+compare int8 with fp32 on the test calls -> with --install, copy the model pair and checkpoint into
+cusemo_batch/models/ and write models/default.json (numbers that MODEL_CARD.md quotes).
+Needs the `train` extra. Budget on 2 cores: see MODEL_CARD.md.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import shutil
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parents[1]
+MODELS = REPO / "cusemo_batch" / "models"
+
+
+def sh(*args: str) -> None:
+    print("+", " ".join(args), flush=True)
+    subprocess.run([sys.executable, "-m", "cusemo_batch", *args], check=True)
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--data", type=Path, default=REPO.parent / "shared" / "data" / "ravdess")
+    ap.add_argument("--work", type=Path, default=REPO / "build" / "default")
+    ap.add_argument("--config", type=Path, default=REPO / "training" / "configs" / "ravdess_default.toml")
+    ap.add_argument("--install", action="store_true", help="copy the result into cusemo_batch/models/")
+    a = ap.parse_args()
+    t0 = time.perf_counter()
+    corpus, run = a.work / "corpus", a.work / "run"
+    if not (corpus / "context.csv").is_file():
+        sh("corpus", "from-categorical", str(a.data / "manifest.csv"), "--out", str(corpus), "--seed", "0")
+    sh("train", str(corpus), "--out", str(run), "--config", str(a.config))
+    summary = json.loads((run / "summary.json").read_text())
+    best = run / f"seed_{summary['best_seed']}" / "best.pt"
+    split = json.loads((run / "split.json").read_text())
+    test_audio = sorted(str(corpus / "audio" / f"{cid}.flac") for cid, s in split.items() if s == "test")[:3]
+    fp32 = a.work / "cusemo-default.onnx"
+    int8 = a.work / "cusemo-default-int8.onnx"
+    check = [x for f in test_audio for x in ("--check-audio", f)]
+    sh("export", str(best), "-o", str(fp32), *check)
+    sh("export", str(best), "-o", str(int8), "--quantize", "int8", "--no-check")
+
+    from cusemo_batch.model import Model
+    from cusemo_batch.training.checkpoint import load_checkpoint
+    from cusemo_batch.training.config import from_dict
+    from cusemo_batch.training.corpus import read_corpus
+    from cusemo_batch.training.data import load_calls, valid_bins
+    from cusemo_batch.metrics import ccc_concat_and_mean
+    from cusemo_batch.timegrid import pooling_matrix
+
+    _, meta = load_checkpoint(best)
+    cfg = from_dict(meta["config"])
+    c = read_corpus(corpus)
+    c.calls = [x for x in c.calls if split.get(x.call_id) == "test"]
+    calls = load_calls(c, cfg)
+    quant = {}
+    for label, path in (("fp32", fp32), ("int8", int8)):
+        m = Model(path, device="cpu")
+        pv, pa, gv, ga = [], [], [], []
+        t = time.perf_counter()
+        for call in calls:
+            n = valid_bins(call, m.hop, m.sample_rate, 0.5)
+            y = m.infer_stream(call.audio)
+            pm = pooling_matrix(len(y["valence"]), 1 / m.frame_rate, 0.5, n)
+            pv.append(pm @ y["valence"]), pa.append(pm @ y["arousal"])
+            gv.append(call.valence[:n]), ga.append(call.arousal[:n])
+        quant[label] = {"valence": ccc_concat_and_mean(pv, gv)[0], "arousal": ccc_concat_and_mean(pa, ga)[0],
+                        "seconds": time.perf_counter() - t, "bytes": path.stat().st_size}
+    print(json.dumps(quant, indent=2))
+    record = {
+        "recipe": str(a.config.relative_to(REPO)) if a.config.is_relative_to(REPO) else str(a.config),
+        "corpus": {"source": "RAVDESS speech, 24 actors, bootstrapped pseudo-calls (seed 0)",
+                   "calls": len(split), "split": {s: sum(1 for v in split.values() if v == s)
+                                                   for s in ("train", "dev", "test")}},
+        "summary": summary, "best_seed": summary["best_seed"], "checkpoint_meta": {
+            k: meta[k] for k in ("dev_ccc", "test_ccc", "train_data", "epoch") if k in meta},
+        "onnx_test_ccc": quant, "build_seconds": round(time.perf_counter() - t0),
+    }
+    (a.work / "default.json").write_text(json.dumps(record, indent=2))
+    if a.install:
+        MODELS.mkdir(exist_ok=True)
+        for src in (fp32, fp32.with_name("cusemo-default.stream.onnx")):
+            shutil.copy(src, MODELS / src.name)
+        shutil.copy(best, MODELS / "default.pt")
+        (MODELS / "default.json").write_text(json.dumps(record, indent=2))
+        print(f"installed into {MODELS}")
+
+
+if __name__ == "__main__":
+    main()
