@@ -62,7 +62,7 @@ def new_run_id(now: dt.datetime) -> str:
 
 def run_nightly(calls_dir: str | Path, out_dir: str | Path, scorer: Scorer, force: bool = False,
                 log: Callable[[str], None] = print, on_call: Callable[[CallOutcome], None] | None = None,
-                run_date: str | None = None) -> RunSummary:
+                run_date: str | None = None, on_start: Callable[[int], None] | None = None) -> RunSummary:
     """Score ``calls_dir`` into the store at ``out_dir``; see the module docstring."""
     t0 = time.perf_counter()
     now = dt.datetime.now(dt.timezone.utc)
@@ -77,6 +77,8 @@ def run_nightly(calls_dir: str | Path, out_dir: str | Path, scorer: Scorer, forc
             log(f"warning: {meta_problem}; calls are written without metadata")
         summary.calls_found = len(calls) + len({e.call_id for e in discovery_errors})
         crash_point("discovered")
+        if on_start:
+            on_start(len(calls))
         manifest = {r["call_id"]: r for r in store.read_manifest().iter_rows(named=True)}
         model_sha = scorer.model.sha256
         options_hash = scorer.options.result_hash()

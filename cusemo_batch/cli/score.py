@@ -110,11 +110,19 @@ def score(calls_dir: Path, out: Path, model: Path | None, device: str, threads: 
 
     try:
         if console.is_terminal:
-            with console.status("scoring...") as status:
+            from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
+
+            with Progress(TextColumn("scoring"), BarColumn(), MofNCompleteColumn(), TextColumn("calls"),
+                          TextColumn("{task.fields[hours]:.2f} h audio"), TimeRemainingColumn(),
+                          console=console, transient=True) as bar:
+                task = bar.add_task("score", total=None, hours=0.0)
+
                 def on_call_tty(outcome) -> None:
                     on_call(outcome)
-                    status.update(f"scoring: {state['n']} calls, {state['audio'] / 3600:.2f} h of audio")
-                summary = run_nightly(calls_dir, out, scorer, force=force, log=err_console.print, on_call=on_call_tty)
+                    bar.update(task, advance=1, hours=state["audio"] / 3600)
+
+                summary = run_nightly(calls_dir, out, scorer, force=force, log=err_console.print,
+                                      on_call=on_call_tty, on_start=lambda n: bar.update(task, total=n))
         else:
             summary = run_nightly(calls_dir, out, scorer, force=force, log=err_console.print, on_call=on_call)
     except LockedError as e:
