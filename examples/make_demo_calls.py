@@ -66,7 +66,8 @@ def dialogue(data: Path, turns: list[tuple[str, int, str, int, int, int]], rng: 
 def build(data: Path, out: Path) -> None:
     rng = np.random.default_rng(7)
     out.mkdir(parents=True, exist_ok=True)
-    A, C1, C2, C3 = 1, 2, 4, 6  # agent: actor 1 (male); clients: actors 2, 4, 6 (female)
+    # Actors of the default model's *test* split (speaker-disjoint), so the demo shows unseen voices:
+    A, C1, C2, C3 = 7, 14, 20, 19  # agent: actor 7 (male); clients: 14 and 20 (female), 19 (male)
 
     # 1. stereo: calm client becomes angry
     turns = [("agent", A, "calm", 1, 1, 1), ("client", C1, "neutral", 1, 1, 1),
