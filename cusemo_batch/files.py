@@ -16,6 +16,17 @@ from typing import Iterator
 TMP_PREFIX = ".cusemo-tmp-"
 
 
+def _umask() -> int:
+    old = os.umask(0)
+    os.umask(old)
+    return old
+
+
+# mkstemp creates 0600 files; outputs are read by other users (BI tools), so give them the mode a
+# plain open() would: 0666 minus the process umask.
+_FILE_MODE = 0o666 & ~_umask()
+
+
 def sha256_file(path: str | Path, chunk: int = 1 << 20) -> str:
     h = hashlib.sha256()
     with open(path, "rb") as f:
@@ -44,6 +55,7 @@ def atomic_path(target: str | Path) -> Iterator[Path]:
         yield tmp
         with open(tmp, "rb+") as f:
             os.fsync(f.fileno())
+        os.chmod(tmp, _FILE_MODE)
         crash_point("before_rename")
         os.replace(tmp, target)
         _fsync_dir(target.parent)

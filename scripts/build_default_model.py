@@ -35,15 +35,27 @@ def main() -> None:
     ap.add_argument("--data", type=Path, default=REPO.parent / "shared" / "data" / "ravdess")
     ap.add_argument("--work", type=Path, default=REPO / "build" / "default")
     ap.add_argument("--config", type=Path, default=REPO / "training" / "configs" / "ravdess_default.toml")
+    ap.add_argument("--run", type=Path, help="use this finished training run instead of training")
+    ap.add_argument("--version", default=time.strftime("%Y.%m.%d"), help="model version written in the metadata")
     ap.add_argument("--install", action="store_true", help="copy the result into cusemo_batch/models/")
     a = ap.parse_args()
     t0 = time.perf_counter()
-    corpus, run = a.work / "corpus", a.work / "run"
-    if not (corpus / "context.csv").is_file():
-        sh("corpus", "from-categorical", str(a.data / "manifest.csv"), "--out", str(corpus), "--seed", "0")
-    sh("train", str(corpus), "--out", str(run), "--config", str(a.config))
+    corpus, run = a.work / "corpus", a.run or a.work / "run"
+    if a.run:
+        corpus = Path(json.loads((run / "config.json").read_text())["corpus"])
+    else:
+        if not (corpus / "context.csv").is_file():
+            sh("corpus", "from-categorical", str(a.data / "manifest.csv"), "--out", str(corpus), "--seed", "0")
+        sh("train", str(corpus), "--out", str(run), "--config", str(a.config))
     summary = json.loads((run / "summary.json").read_text())
-    best = run / f"seed_{summary['best_seed']}" / "best.pt"
+    from cusemo_batch.training.checkpoint import load_checkpoint, save_checkpoint
+
+    model, meta = load_checkpoint(run / f"seed_{summary['best_seed']}" / "best.pt")
+    meta.pop("checkpoint_sha256", None)
+    meta.update(name="cusemo-default", version=f"{a.version}-seed{summary['best_seed']}")
+    best = a.work / "default.pt"
+    a.work.mkdir(parents=True, exist_ok=True)
+    save_checkpoint(best, model, meta)
     split = json.loads((run / "split.json").read_text())
     test_audio = sorted(str(corpus / "audio" / f"{cid}.flac") for cid, s in split.items() if s == "test")[:3]
     fp32 = a.work / "cusemo-default.onnx"
@@ -53,14 +65,12 @@ def main() -> None:
     sh("export", str(best), "-o", str(int8), "--quantize", "int8", "--no-check")
 
     from cusemo_batch.model import Model
-    from cusemo_batch.training.checkpoint import load_checkpoint
     from cusemo_batch.training.config import from_dict
     from cusemo_batch.training.corpus import read_corpus
     from cusemo_batch.training.data import load_calls, valid_bins
     from cusemo_batch.metrics import ccc_concat_and_mean
     from cusemo_batch.timegrid import pooling_matrix
 
-    _, meta = load_checkpoint(best)
     cfg = from_dict(meta["config"])
     c = read_corpus(corpus)
     c.calls = [x for x in c.calls if split.get(x.call_id) == "test"]

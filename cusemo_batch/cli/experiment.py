@@ -1,9 +1,11 @@
 """``cusemo-batch experiment run|report|tune``: the paper's ablations, significance, Optuna tuning.
 
-The quick profile (``--quick`` on run and tune; not the paper's protocol) gives a whole grid in
-minutes on a 2-core CPU: seeds 42 and 24 (tune: the one training seed), 2 epochs, lr 1e-3, gradient
-clipping at 1, 50 s segments where the grid does not vary segment_s, a seeded subset of 30 calls,
-2 torch threads. Explicit options (--seeds, --epochs, --max-calls, --set ...) win over it.
+The quick profile (``--quick`` on run and tune; not the paper's protocol, see
+``training.experiments.QUICK_PROFILE``) runs all three paper grids in ~10-20 min on a 2-core CPU:
+seeds 42 and 24 (tune: the one training seed), a narrower CRNN (conv 16/32/32, LSTM 64, MLP
+64/32; the paper's kernels, pools and layers), 4 epochs, lr 3e-3, gradient clipping at 1, 50 s
+segments where the grid does not vary segment_s, a seeded subset of 30 calls, 2 torch threads.
+Explicit options (--seeds, --epochs, --max-calls, --set ...) win over it.
 """
 
 from __future__ import annotations
@@ -16,8 +18,8 @@ import click
 from .common import console, progress, user_errors
 from .train import _parse_seeds, _require_torch, _training_errors
 
-_QUICK_HELP = ("Quick profile (minutes on a 2-core CPU, not the paper's protocol): 2 seeds, 2 epochs, "
-               "lr 1e-3, 50 s segments unless varied, 30 calls, 2 threads.")
+_QUICK_HELP = ("Quick profile (minutes on a 2-core CPU, not the paper's protocol): 2 seeds, narrower CRNN "
+               "16/32/32-64-64/32, 4 epochs, lr 3e-3, 50 s segments unless varied, 30 calls, 2 threads.")
 
 
 def _parse_sets(items: tuple[str, ...]) -> dict:
