@@ -178,7 +178,7 @@ def test_report_formatting_best_marks_and_pairing(tmp_path):
     md = (tmp_path / "out" / "report.md").read_text()
     assert "| alpha | valence | arousal | p valence | p arousal | seeds | paper valence | paper arousal |" in md
     assert "| 0 (baseline) | 0.550 (0.071) | 0.250 (0.071) | baseline | baseline | 2/2 | 0.600 | 0.500 |" in md
-    assert "| 0.1 | **0.670 (0.042)** |" in md and "| 1 | 0.150 (0.071) | **0.380 (0.028)** | 0.5 | 0.5 |" in md
+    assert "| 0.1 | **0.670 (0.042)** |" in md and "| 1 | 0.150 (0.071) | **0.380 (0.028)** | 0.500 | 0.500 |" in md
     assert "paired by **seed**" in md and "smallest two-sided p the exact test can give is 0.5" in md
     assert "acted" in md and "quick profile" in md and "a note" in md and "![fake](fake.png)" in md
     assert (tmp_path / "out" / "fake.png").stat().st_size > 5000

@@ -664,7 +664,11 @@ def _p(w: dict | None) -> str:
         return "baseline"
     if w["p"] is None:
         return f"n/a ({w.get('note', '')})"
-    return f"{w['p']:.3g}"
+    return _pval(w["p"])
+
+
+def _pval(p: float) -> str:
+    return f"{p:.3f}" if p >= 0.001 else f"{p:.1e}"
 
 
 def pairing_text(g: dict) -> str:
@@ -752,7 +756,7 @@ def plot_grid(g: dict, path: Path) -> None:
     labels = ["\n".join(f"{k.partition('.')[2]}={fmt_value(r['values'][k])}" for k in keys) if len(keys) > 1
               else fmt_value(r["values"][keys[0]]) for r in rows]
     x = np.arange(len(rows))
-    fig = Figure(figsize=(max(5.0, 0.9 * len(rows) + 2), 4.0), dpi=110)
+    fig = Figure(figsize=(max(6.5, 0.9 * len(rows) + 3.5), 4.2), dpi=110)
     FigureCanvasAgg(fig)
     ax = fig.add_subplot(1, 1, 1)
     for dim, colour, dx in (("valence", "tab:blue", -0.08), ("arousal", "tab:red", 0.08)):
@@ -772,7 +776,7 @@ def plot_grid(g: dict, path: Path) -> None:
     ax.set_title(title, fontsize=9)
     ax.axhline(0, color="grey", lw=0.5)
     ax.grid(alpha=0.3)
-    ax.legend(fontsize=7, loc="best")
+    ax.legend(fontsize=7, loc="upper left", bbox_to_anchor=(1.01, 1.0), borderaxespad=0)
     fig.tight_layout()
     with atomic_path(path) as tmp:
         fig.savefig(tmp, format="png")

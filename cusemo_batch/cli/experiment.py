@@ -147,7 +147,7 @@ def report_cmd(run_dir: Path, dest: Path | None, pairing: str, no_plots: bool) -
 def _print_grid(g: dict) -> None:
     from rich.table import Table
 
-    from cusemo_batch.training.experiments import fmt_value
+    from cusemo_batch.training.experiments import _pval, fmt_value
 
     keys = [k for a in g["axes"] for k in a["keys"]]
     quick = " (quick profile)" if (g["settings"] or {}).get("quick") else ""
@@ -166,7 +166,7 @@ def _print_grid(g: dict) -> None:
             cells.append("-" if not s else f"{s['mean']:.3f} ({s['sd']:.3f})" + (" *" if r["best"][dim] else ""))
         for dim in ("valence", "arousal"):
             w = r["wilcoxon"][dim]
-            cells.append("baseline" if w is None else ("n/a" if w["p"] is None else f"{w['p']:.3g}"))
+            cells.append("baseline" if w is None else ("n/a" if w["p"] is None else _pval(w["p"])))
         cells.append(f"{r['n_seeds']}/{len(g['seeds'])}")
         if has_ref:
             p = r["paper"] or {}
