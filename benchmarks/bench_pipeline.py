@@ -172,9 +172,12 @@ def main() -> None:
         cmd = [sys.executable, "-m", "cusemo_batch", "score"]
         common = ["--model", str(model), "--threads", str(a.threads), "--device", "cpu"]
         w_calls, rss_calls, _ = run_child(cmd + [str(calls), "--out", str(tmp / "out1")] + common)
+        print(f"scored {a.calls} calls: {w_calls:.1f} s, peak RSS {rss_calls:.0f} MiB", flush=True)
         w_long, rss_long, _ = run_child(cmd + [str(long_dir), "--out", str(tmp / "out2")] + common)
+        print(f"scored the long call: {w_long:.1f} s, peak RSS {rss_long:.0f} MiB", flush=True)
         long_audio_s = a.long_hours * 3600
         torch_calls, speech_calls = torch_eager_seconds(model, [calls], a.threads)
+        print(f"torch eager on the calls: {torch_calls:.1f} s", flush=True)
         torch_long, speech_long = torch_eager_seconds(model, [long_dir], a.threads)
     rows = [
         {"case": f"{a.calls} calls", "audio_s": calls_audio_s, "compressed_s": speech_calls,

@@ -277,6 +277,26 @@ def test_optuna_study_of_three_trials_writes_sqlite(tmp_path, tiny_corpus):
     assert res["context"]["bootstrapped"] and "intensity" in res["context"]["text"]
     again = tune(tiny_corpus, tmp_path / "tune", base, params=["alpha"], trials=3, seed=12, log=lambda s: None)
     assert again["n_complete"] == 3  # resumed: nothing left to run
+    killed = study.ask()  # a trial left RUNNING by an interrupted process
+    killed.suggest_float("alpha", 0.0, 1.0)
+    again = tune(tiny_corpus, tmp_path / "tune", base, params=["alpha"], trials=4, seed=12, log=lambda s: None)
+    assert again["n_complete"] == 4 and again["trials"][-1]["params"] == killed.params  # re-queued, then run
     with pytest.raises(ValueError, match="other settings"):
         tune(tiny_corpus, tmp_path / "tune", base, params=["alpha"], trials=3, seed=12, high=0.5, log=lambda s: None)
     assert os.path.getsize(db) > 0
+
+
+def test_cli_tune_prints_best_value_and_its_test_ccc(tmp_path, tiny_corpus):
+    small = ["--set", "model.conv_channels=[8, 16, 16]", "--set", "model.lstm_hidden=32",
+             "--set", "model.mlp_sizes=[32, 16]", "--set", "data.segment_s=10",
+             "--set", "data.split=[0.34, 0.33, 0.33]", "--set", "train.max_batches_per_epoch=1"]
+    args = ["experiment", "tune", str(tiny_corpus), "--param", "alpha", "--trials", "1", "--seed", "12",
+            "--epochs", "1", "--threads", "1", "--out", str(tmp_path / "t"), *small]
+    r = CliRunner().invoke(main, args)
+    assert r.exit_code == 2 and "--alpha-target intensity" in r.output  # no empathy in a bootstrapped corpus
+    r = CliRunner().invoke(main, args + ["--alpha-target", "intensity"])
+    assert r.exit_code == 0, r.output
+    assert "best: alpha = " in r.output and "test CCC valence" in r.output and "paper: " in r.output
+    assert "intensity" in r.output and (tmp_path / "t" / "study.db").is_file()
+    summary = json.loads((tmp_path / "t" / "tune.json").read_text())
+    assert summary["settings"]["base_config"]["train"]["epochs"] == 1 and summary["n_complete"] == 1

@@ -69,11 +69,13 @@ Log = Callable[[str], None]
 # the segment/batch grid). Measured on 30 RAVDESS pseudo-calls (18 train): the paper-size CRNN takes
 # ~26 s per epoch on one core, so 18 cells x 2 seeds would need an hour even at 2 epochs; this
 # narrower CRNN (same kernels, pools and layers) takes ~5 s. At lr 1e-3 it learns nothing in 4
-# epochs (dev CCC < .05); at 3e-3 arousal reaches ~.3 by epoch 3-4.
+# epochs (dev CCC < .05); at 3e-3 arousal reaches ~.3 by epoch 3-4. One torch thread: on a shared
+# 2-core machine, 2 threads next to another busy process made epochs 5-50x slower (spinning
+# threads); 1 thread is steady (~5 s/epoch). Use --threads 2 on an otherwise idle machine.
 QUICK_PROFILE: dict[str, dict[str, Any]] = {
     "model": {"conv_channels": [16, 32, 32], "lstm_hidden": 64, "mlp_sizes": [64, 32]},
     "data": {"segment_s": 50, "max_calls": 30},
-    "train": {"epochs": 4, "lr": 3e-3, "grad_clip": 1.0, "threads": 2, "patience": 0},
+    "train": {"epochs": 4, "lr": 3e-3, "grad_clip": 1.0, "threads": 1, "patience": 0},
 }
 QUICK_SEEDS = (42, 24)
 SECTIONS = ("model", "data", "train", "loss")
@@ -397,20 +399,29 @@ def context_tasks(corpus_dir: str | Path, cfgs: Iterable[Config]) -> dict:
             raise ValueError(f"beta task: context column {col!r} has no binary values in {corpus_dir}/context.csv; "
                              f"choose a binary column with --beta-target (columns: {columns})")
     src = bootstrap_source(corpus_dir)
-    alpha_col = alpha_cols[0] if len(alpha_cols) == 1 else (", ".join(alpha_cols) or None)
-    beta_col = beta_cols[0] if len(beta_cols) == 1 else (", ".join(beta_cols) or None)
+    ctx = {"alpha_target": ", ".join(alpha_cols) or None, "beta_target": ", ".join(beta_cols) or None,
+           "bootstrapped": src is not None, "source": src.get("source_manifest") if src else None}
+    ctx["text"] = context_text(ctx)
+    return ctx
+
+
+def context_text(ctx: dict) -> str:
+    """One sentence on what the alpha/beta tasks are (and on acted speech), for every report."""
+    a, b = ctx.get("alpha_target"), ctx.get("beta_target")
+    if ctx.get("bootstrapped"):
+        origin = Path(ctx.get("source") or "").parent.name or "acted"
+        text = (f"Results on a corpus bootstrapped from categorical (acted) speech ({origin} pseudo-calls, "
+                f"not call-center data): there the binary β task is `gender` and the interval α task is "
+                f"the acted emotion `intensity` (0-10), not the paper's empathy.")
+        if (a and a != "intensity") or (b and b != "gender"):
+            text += f" Used here: α task `{a or '-'}`, β task `{b or '-'}`."
+        return text
     parts = []
-    if alpha_col:
-        parts.append(f"α task = interval context column `{alpha_col}` (CCC loss; the paper: empathy)")
-    if beta_col:
-        parts.append(f"β task = binary context column `{beta_col}` (BCE loss; the paper: gender)")
-    text = "; ".join(parts)
-    if src is not None:
-        text = (f"Corpus bootstrapped from categorical (acted) speech ({Path(src.get('source_manifest', '?')).parent.name}"
-                f" pseudo-calls, not call-center data): `gender` is the binary β task and the acted emotion "
-                f"`intensity` (0-10) the interval α task." + (f" {text}." if text else ""))
-    return {"alpha_target": alpha_col, "beta_target": beta_col, "bootstrapped": src is not None,
-            "source": src.get("source_manifest") if src else None, "text": text}
+    if a:
+        parts.append(f"α task = interval context column `{a}` (CCC loss; the paper: empathy)")
+    if b:
+        parts.append(f"β task = binary context column `{b}` (BCE loss; the paper: gender)")
+    return "; ".join(parts) + ("." if parts else "")
 
 
 def _is_number(s: str) -> bool:
@@ -456,7 +467,7 @@ def run_grid(grid: Grid, corpus_dir: str | Path, out_dir: str | Path, log: Log =
     summaries = {}
     for cell in grid.cells:
         cdir = gdir / cell.name
-        tag = f"[{grid.name} {cell.index + 1}/{len(grid.cells)}] {cell.name}"
+        tag = f"{grid.name} cell {cell.index + 1}/{len(grid.cells)} {cell.name}"
         if cell_finished(cdir, grid.seeds):
             log(f"{tag}: already finished, skipped")
             summaries[cell.name] = json.loads((cdir / "summary.json").read_text())
@@ -469,7 +480,8 @@ def run_grid(grid: Grid, corpus_dir: str | Path, out_dir: str | Path, log: Log =
         record["wall_s"][cell.name] = round(record["wall_s"].get(cell.name, 0) + dt, 1)
         atomic_write_text(gfile, json.dumps(record, indent=2))
         summaries[cell.name] = summary
-        log(f"{tag}: test CCC valence {_stat(summary, 'test_valence')} arousal {_stat(summary, 'test_arousal')} ({dt:.0f} s)")
+        log(f"{tag}: test CCC valence {_stat(summary, 'test_valence')} "
+            f"arousal {_stat(summary, 'test_arousal')} ({dt:.0f} s)")
     return summaries
 
 
@@ -631,11 +643,14 @@ def grid_report(gdir: Path, pairing: str = "seeds") -> dict:
         row.pop("_seed_values")
         row.pop("_call_values")
     n_pairs = [w["n"] for r in rows for w in r["wilcoxon"].values() if w]
+    context = dict(rec.get("context") or {})
+    if "bootstrapped" in context:
+        context["text"] = context_text(context)
     return {
         "name": rec["name"], "title": rec["title"], "grid_file": rec.get("grid_file"),
         "axes": rec["axes"], "seeds": seeds, "baseline": base["cell"], "pairing": pairing,
         "pairs": (min(n_pairs) if n_pairs else 0, max(n_pairs) if n_pairs else 0),
-        "corpus": rec.get("corpus"), "context": rec.get("context", {}), "settings": rec.get("settings", {}),
+        "corpus": rec.get("corpus"), "context": context, "settings": rec.get("settings", {}),
         "reference_source": (rec.get("reference") or {}).get("source"), "notes": rec.get("notes", ""),
         "best": best, "rows": rows, "wall_s_total": round(sum(v for v in rec.get("wall_s", {}).values()), 1),
         "config_example": rec["cells"][rec["baseline"]]["config"],
@@ -691,7 +706,7 @@ def pairing_text(g: dict) -> str:
 
 def format_markdown(report: dict) -> str:
     """The Markdown report of several grids (``report = {"grids": [...], ...}``)."""
-    lines = [f"# Experiment report", ""]
+    lines = ["# Experiment report", ""]
     if report.get("header"):
         lines += [report["header"], ""]
     for g in report["grids"]:
@@ -789,7 +804,8 @@ def make_report(out_dir: str | Path, dest: str | Path | None = None, pairing: st
     dest = Path(dest) if dest else out_dir
     grids = [grid_report(d, pairing) for d in find_grid_dirs(out_dir)]
     report = {"pairing": pairing, "header": header, "grids": grids,
-              "generated_by": f"cusemo-batch experiment report {out_dir}" + (f" --pairing {pairing}" if pairing != "seeds" else "")}
+              "generated_by": f"cusemo-batch experiment report {out_dir}"
+                              + (f" --pairing {pairing}" if pairing != "seeds" else "")}
     dest.mkdir(parents=True, exist_ok=True)
     atomic_write_text(dest / "report.md", format_markdown(report))
     atomic_write_text(dest / "report.json", json.dumps(report, indent=2))
@@ -849,10 +865,13 @@ def tune(corpus_dir: str | Path, out_dir: str | Path, base: Config, params: Iter
                          f"or corpus); use a new --out")
     from optuna.trial import TrialState
 
+    waiting = [t.params for t in study.get_trials(deepcopy=False, states=(TrialState.WAITING,))]
     for t in study.get_trials(deepcopy=False, states=(TrialState.RUNNING,)):  # interrupted trials
         study.tell(t.number, state=TrialState.FAIL)
-        study.enqueue_trial(t.params, skip_if_exists=True)
-        log(f"trial {t.number} was interrupted: re-queued {t.params} (its finished seeds are kept)")
+        if t.params and t.params not in waiting:
+            study.enqueue_trial(t.params)
+            waiting.append(t.params)
+            log(f"trial {t.number} was interrupted: re-queued {t.params} (its finished seeds are kept)")
     done = len(study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,)))
 
     def objective_fn(trial) -> float:

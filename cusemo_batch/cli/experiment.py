@@ -4,7 +4,8 @@ The quick profile (``--quick`` on run and tune; not the paper's protocol, see
 ``training.experiments.QUICK_PROFILE``) runs all three paper grids in ~10-20 min on a 2-core CPU:
 seeds 42 and 24 (tune: the one training seed), a narrower CRNN (conv 16/32/32, LSTM 64, MLP
 64/32; the paper's kernels, pools and layers), 4 epochs, lr 3e-3, gradient clipping at 1, 50 s
-segments where the grid does not vary segment_s, a seeded subset of 30 calls, 2 torch threads.
+segments where the grid does not vary segment_s, a seeded subset of 30 calls, 1 torch thread
+(steady on a shared machine; --threads 2 on an idle one).
 Explicit options (--seeds, --epochs, --max-calls, --set ...) win over it.
 """
 
@@ -19,7 +20,7 @@ from .common import console, progress, user_errors
 from .train import _parse_seeds, _require_torch, _training_errors
 
 _QUICK_HELP = ("Quick profile (minutes on a 2-core CPU, not the paper's protocol): 2 seeds, narrower CRNN "
-               "16/32/32-64-64/32, 4 epochs, lr 3e-3, 50 s segments unless varied, 30 calls, 2 threads.")
+               "16/32/32-64-64/32, 4 epochs, lr 3e-3, 50 s segments unless varied, 30 calls, 1 thread.")
 
 
 def _parse_sets(items: tuple[str, ...]) -> dict:
@@ -107,8 +108,10 @@ def run_cmd(grids: tuple[str, ...], corpus: Path, out: Path, seeds: str | None, 
                     console.print(f"  {out / g.name / c.name}{mark}")
         if dry_run:
             return
+        from rich.markup import escape
+
         for g in loaded:
-            run_grid(g, corpus, out, log=console.print,
+            run_grid(g, corpus, out, log=lambda line: console.print(escape(line)),
                      progress_factory=(lambda d: progress(d, None)) if console.is_terminal else None)
         console.print(f"done; report: cusemo-batch experiment report {out}")
 
@@ -206,6 +209,8 @@ def tune_cmd(corpus: Path, params, trials: int, seed: int, train_seeds, objectiv
     """
     _require_torch()
     from cusemo_batch.training.config import load_config
+    from rich.markup import escape
+
     from cusemo_batch.training.experiments import QUICK_PROFILE, nest, tune
 
     @user_errors(*_training_errors())
@@ -222,10 +227,11 @@ def tune_cmd(corpus: Path, params, trials: int, seed: int, train_seeds, objectiv
         dest = out or Path("runs") / f"tune_{'_'.join(params)}_{objective}"
         console.print(f"tuning {', '.join(params)} in [{range_[0]:g}, {range_[1]:g}]{' (log)' if log_scale else ''}: "
                       f"{trials} trials, TPE seed {seed}, objective dev CCC {objective}; per trial "
-                      f"{cfg.train.epochs} epochs, seeds {list(cfg.train.seeds)}" + (" [quick profile]" if quick else ""))
+                      f"{cfg.train.epochs} epochs, seeds {list(cfg.train.seeds)}"
+                      + (" [quick profile]" if quick else ""))
         res = tune(corpus, dest, cfg, params=params, trials=trials, seed=seed, objective=objective,
                    low=range_[0], high=range_[1], log_scale=log_scale, startup_trials=startup_trials,
-                   log=console.print)
+                   log=lambda line: console.print(escape(line)))
         b = res["best"]
         if res["context"].get("text"):
             console.print(res["context"]["text"].replace("`", ""))
