@@ -286,11 +286,6 @@ def test_cli_export_and_info(trained, tmp_path):
         assert s in r.stdout
 
 
-def test_cli_export_without_checkpoint():
-    _one_line_error(CliRunner().invoke(main, ["export", "-o", "x.onnx"]),
-                    "no checkpoint given and no embedded default checkpoint yet")
-
-
 def test_cli_corrupt_and_wrong_checkpoints(trained, tmp_path):
     corrupt = tmp_path / "corrupt.pt"
     corrupt.write_bytes(trained[1].read_bytes()[:5000])
