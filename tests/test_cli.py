@@ -39,3 +39,11 @@ def test_console_script_runs_without_torch_import():
     code = "import sys; from cusemo_batch.cli import main; assert 'torch' not in sys.modules; print('ok')"
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
     assert out.returncode == 0 and "ok" in out.stdout, out.stderr
+
+
+def test_user_error_keeps_bracketed_text(tmp_path):
+    """Config errors name sections like [train]; the rich console must not eat them as markup."""
+    (tmp_path / "c").mkdir()
+    r = CliRunner().invoke(main, ["train", str(tmp_path / "c"), "--out", str(tmp_path / "o"), "--batch-size", "0"])
+    assert r.exit_code == 2
+    assert "[train] batch_size" in r.output

@@ -103,6 +103,7 @@ def test_grid_spellings_product_and_errors(tmp_path):
         "4 rows": "[axes]\nalpha = [0, 1, 2, 3]\n[reference]\nvalence = [1, 2]\n",
         "baseline": "baseline = 9\n[axes]\nalpha = [0, 1]\n",
         "is empty": "[axes]\n",
+        "not a grid file": "[data]\nsegment_s = 50\n",
     }
     for msg, text in bad.items():
         with pytest.raises(GridError, match=msg):
@@ -138,7 +139,7 @@ def _fake_run(root, values, per_call=None, seeds=(42, 24), reference=True):
     gdir = root / "fake"
     cells = [{"name": f"alpha={a:g}", "values": {"loss.alpha": a},
               "config": {"train": {"epochs": 4, "lr": 0.003, "batch_size": 5},
-                         "data": {"segment_s": 50, "max_calls": 30}}} for a in values]
+                         "data": {"segment_s": 50, "max_calls": 30, "label_rate_ms": 500}}} for a in values]
     rec = {"name": "fake", "title": "Fake table", "axes": [{"name": "alpha", "keys": ["loss.alpha"],
                                                             "values": [[a] for a in values]}],
            "cells": cells, "baseline": 0, "seeds": list(seeds), "notes": "a note",
@@ -180,6 +181,7 @@ def test_report_formatting_best_marks_and_pairing(tmp_path):
     assert "| 0 (baseline) | 0.550 (0.071) | 0.250 (0.071) | baseline | baseline | 2/2 | 0.600 | 0.500 |" in md
     assert "| 0.1 | **0.670 (0.042)** |" in md and "| 1 | 0.150 (0.071) | **0.380 (0.028)** | 0.500 | 0.500 |" in md
     assert "paired by **seed**" in md and "smallest two-sided p the exact test can give is 0.5" in md
+    assert "Protocol: 4 epochs, lr 0.003, 500 ms labels, 50 s segments, batch 5, a subset of 30 calls" in md
     assert "acted" in md and "quick profile" in md and "a note" in md and "![fake](fake.png)" in md
     assert (tmp_path / "out" / "fake.png").stat().st_size > 5000
     assert json.loads((tmp_path / "out" / "report.json").read_text())["grids"][0]["best"]["valence"] == "alpha=0.1"

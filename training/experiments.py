@@ -108,7 +108,7 @@ def resolve_key(key: str) -> str:
         return key
     owners = [s for s in SECTIONS if key in known[s]]
     if not owners:
-        raise GridError(f"unknown config key {key!r} (not in [model], [data], [train] or [loss])")
+        raise GridError(f"unknown config key {key!r} (not in the model, data, train or loss sections)")
     if len(owners) > 1:
         raise GridError(f"config key {key!r} is ambiguous; write one of {[f'{s}.{key}' for s in owners]}")
     return f"{owners[0]}.{key}"
@@ -204,12 +204,12 @@ def parse_axes(axes: dict) -> list[Axis]:
                 visit(v, name)
                 continue
             if not isinstance(v, list) or not v:
-                raise GridError(f"[axes] {name}: expected a non-empty list of values")
+                raise GridError(f"axes.{name}: expected a non-empty list of values")
             if all(isinstance(x, dict) for x in v):  # array of tables
                 points = [_flatten(x) for x in v]
                 keys = list(dict.fromkeys(k2 for p in points for k2 in p))
                 if any(set(p) != set(keys) for p in points):
-                    raise GridError(f"[[axes.{name}]]: every entry must set the same keys {keys}")
+                    raise GridError(f"axes.{name}: every table must set the same keys {keys}")
                 rkeys = tuple(resolve_key(k2) for k2 in keys)
                 vals = tuple(tuple(p[k2] for k2 in keys) for p in points)
             elif "," in name:  # "segment_s,batch_size" = [[300, 5], ...]
@@ -217,26 +217,26 @@ def parse_axes(axes: dict) -> list[Axis]:
                 vals = []
                 for x in v:
                     if not isinstance(x, list) or len(x) != len(rkeys):
-                        raise GridError(f"[axes] {name!r}: every value must be a list of {len(rkeys)} items, got {x!r}")
+                        raise GridError(f"axes {name!r}: every value must be a list of {len(rkeys)} items, got {x!r}")
                     vals.append(tuple(x))
                 vals = tuple(vals)
             else:
                 rkeys = (resolve_key(name),)
                 vals = tuple((x,) for x in v)
             if len(set(map(repr, vals))) != len(vals):
-                raise GridError(f"[axes] {name}: repeated values")
+                raise GridError(f"axes.{name}: repeated values")
             out.append(Axis(name, rkeys, vals))
 
     visit(axes, "")
     if not out:
-        raise GridError("[axes] is empty: a grid needs at least one axis")
+        raise GridError("the axes table is empty: a grid needs at least one axis")
     seen: set[str] = set()
     for a in out:
         for k in a.keys:
             if k in seen:
-                raise GridError(f"[axes] {k} is varied by two axes")
+                raise GridError(f"axes: {k} is varied by two axes")
             if k == "train.seeds":
-                raise GridError("[axes] train.seeds cannot be an axis (rows are compared seed by seed); "
+                raise GridError("axes: train.seeds cannot be an axis (rows are compared seed by seed); "
                                 "set the grid's `seeds` instead")
             seen.add(k)
     return out
@@ -247,7 +247,8 @@ def _base_config(spec: dict, grid_path: Path) -> Config:
     ref = spec.pop("config", None)
     unknown = set(spec) - set(SECTIONS)
     if unknown:
-        raise GridError(f"[base]: unknown key(s) {sorted(unknown)}; expected config and [base.model|data|train|loss]")
+        raise GridError(f"base: unknown key(s) {sorted(unknown)}; "
+                        f"expected config and base.model/data/train/loss tables")
     if ref is None:
         cfg = Config()
     else:
@@ -278,6 +279,9 @@ def load_grid(path: str | Path, *, quick: bool = False, overrides: dict[str, Any
 
 
 def _build_grid(raw: dict, gpath: Path, quick: bool, overrides: dict[str, Any], seeds) -> Grid:
+    if "axes" not in raw:
+        shipped = ", ".join(sorted(x.stem for x in CONFIG_DIR.glob("grid_*.toml")))
+        raise GridError(f"not a grid file (no axes table); shipped grids: {shipped}")
     unknown = set(raw) - {"name", "title", "seeds", "baseline", "notes", "base", "axes", "reference"}
     if unknown:
         raise GridError(f"unknown top-level key(s) {sorted(unknown)}")
@@ -334,7 +338,7 @@ def _build_grid(raw: dict, gpath: Path, quick: bool, overrides: dict[str, Any], 
     if reference is not None:
         for key in ("valence", "arousal", "valence_sd", "arousal_sd"):
             if key in reference and len(reference[key]) != len(cells):
-                raise GridError(f"[reference] {key} has {len(reference[key])} values for {len(cells)} rows")
+                raise GridError(f"reference: {key} has {len(reference[key])} values for {len(cells)} rows")
     settings = {"quick": quick, "quick_profile": QUICK_PROFILE if quick else None,
                 "overrides": over, "seeds": list(chosen)}
     return Grid(name, str(raw.get("title") or name), str(gpath), axes, cells, chosen, baseline,
@@ -694,7 +698,8 @@ def pairing_text(g: dict) -> str:
                 f"seeds {', '.join(map(str, g['seeds']))}; {n} pairs)")
     else:
         what = (f"paired by **test call** (each call's CCC of the best checkpoints, averaged over the "
-                f"{len(g['seeds'])} seeds; {n} calls)")
+                f"{len(g['seeds'])} seeds; {n} calls; this asks whether the rows differ on these test calls, "
+                f"not across training runs, and calls of one speaker are not independent)")
     text = (f"p: two-sided Wilcoxon signed-rank test (`scipy.stats.wilcoxon`, zero differences dropped) "
             f"of each row against the baseline row `{g['baseline']}`, {what}.")
     if lo and lo < 6:
@@ -725,9 +730,7 @@ def _grid_markdown(g: dict) -> list[str]:
         lines += [f"*{g['context']['text']}*", ""]
     lines.append(f"Test CCC (over the concatenated test calls), mean (sd) over {len(g['seeds'])} seeds"
                  f" ({', '.join(map(str, g['seeds']))}); the best mean per column in **bold**. Protocol: "
-                 f"{cfg['train']['epochs']} epochs, lr {cfg['train']['lr']:g}, segments "
-                 f"{cfg['data']['segment_s']:g} s and batch {cfg['train']['batch_size']} unless varied"
-                 + (f", max {cfg['data']['max_calls']} calls" if cfg["data"].get("max_calls") else "")
+                 + protocol_text(cfg, keys)
                  + (" — **quick profile, not the paper's protocol**" if s.get("quick") else "") + ".")
     lines.append("")
     head = short + ["valence", "arousal", "p valence", "p arousal", "seeds"]
@@ -751,7 +754,7 @@ def _grid_markdown(g: dict) -> list[str]:
         lines.append("| " + " | ".join(cells) + " |")
     lines += ["", pairing_text(g)]
     if has_ref and g.get("reference_source"):
-        lines += ["", f"Paper columns: {g['reference_source']} (CusEmo call-center data, 100 epochs, 6 seeds)."]
+        lines += ["", f"Paper columns: {g['reference_source']}; CusEmo call-center data, the paper's protocol."]
     if g.get("notes"):
         lines += ["", g["notes"]]
     missing = [r["cell"] for r in g["rows"] if r["n_seeds"] < len(g["seeds"])]
@@ -759,6 +762,23 @@ def _grid_markdown(g: dict) -> list[str]:
         lines += ["", f"Unfinished cells (fewer seeds than planned): {', '.join(missing)}."]
     lines += ["", f"![{g['name']}]({g['name']}.png)", ""]
     return lines
+
+
+def protocol_text(cfg: dict, varied: list[str]) -> str:
+    """The settings shared by every row (the varied keys left out), from a cell's config dict."""
+    m, d, t = cfg.get("model", {}), cfg.get("data", {}), cfg.get("train", {})
+    parts = []
+    if m.get("conv_channels"):
+        parts.append(f"CRNN conv {'/'.join(map(str, m['conv_channels']))}, LSTM {m.get('lstm_hidden')}, "
+                     f"MLP {'/'.join(map(str, m.get('mlp_sizes', [])))}")
+    for key, text in (("train.epochs", "{} epochs"), ("train.lr", "lr {:g}"), ("data.label_rate_ms", "{:g} ms labels"),
+                      ("data.segment_s", "{:g} s segments"), ("train.batch_size", "batch {}"),
+                      ("data.max_calls", "a subset of {} calls")):
+        section, _, name = key.partition(".")
+        value = cfg.get(section, {}).get(name)
+        if key not in varied and value not in (None, 0):
+            parts.append(text.format(value))
+    return ", ".join(parts)
 
 
 def plot_grid(g: dict, path: Path) -> None:
@@ -802,7 +822,7 @@ def make_report(out_dir: str | Path, dest: str | Path | None = None, pairing: st
     """Report every grid under ``out_dir``: ``report.md``, ``report.json`` and ``<grid>.png`` in ``dest``."""
     out_dir = Path(out_dir)
     dest = Path(dest) if dest else out_dir
-    grids = [grid_report(d, pairing) for d in find_grid_dirs(out_dir)]
+    grids = sorted((grid_report(d, pairing) for d in find_grid_dirs(out_dir)), key=lambda g: (g["title"], g["name"]))
     report = {"pairing": pairing, "header": header, "grids": grids,
               "generated_by": f"cusemo-batch experiment report {out_dir}"
                               + (f" --pairing {pairing}" if pairing != "seeds" else "")}

@@ -23,7 +23,10 @@ class UserError(click.ClickException):
     exit_code = 2
 
     def show(self, file=None) -> None:  # noqa: D401 - click API
-        err_console.print(f"[bold red]error:[/] {self.format_message()}", soft_wrap=True)
+        from rich.markup import escape
+
+        # escape: messages quote config sections like "[train]", which rich would eat as markup
+        err_console.print(f"[bold red]error:[/] {escape(self.format_message())}", soft_wrap=True)
 
 
 def user_errors(*types: type[BaseException]) -> Callable[[F], F]:

@@ -96,6 +96,11 @@ def score(calls_dir: Path, out: Path, model: Path | None, device: str, threads: 
         raise UserError(str(e)) from None
     console.print(f"model {scorer.model_id} ({scorer.model.sha256[:12]}) on {', '.join(scorer.model.providers)}")
 
+    from rich.markup import escape
+
+    def _log(message: str) -> None:  # file names and messages may contain [brackets]
+        err_console.print(escape(message))
+
     started = time.perf_counter()
     state = {"n": 0, "audio": 0.0, "last_log": started}
 
@@ -121,10 +126,10 @@ def score(calls_dir: Path, out: Path, model: Path | None, device: str, threads: 
                     on_call(outcome)
                     bar.update(task, advance=1, hours=state["audio"] / 3600)
 
-                summary = run_nightly(calls_dir, out, scorer, force=force, log=err_console.print,
+                summary = run_nightly(calls_dir, out, scorer, force=force, log=_log,
                                       on_call=on_call_tty, on_start=lambda n: bar.update(task, total=n))
         else:
-            summary = run_nightly(calls_dir, out, scorer, force=force, log=err_console.print, on_call=on_call)
+            summary = run_nightly(calls_dir, out, scorer, force=force, log=_log, on_call=on_call)
     except LockedError as e:
         err_console.print(f"error: {e}")
         sys.exit(3)
