@@ -53,4 +53,7 @@ def test_export_without_checkpoint_reexports_the_default(tmp_path):
     again = Model(tmp_path / "again.onnx", device="cpu")
     x = load_audio(sorted((Path(__file__).resolve().parents[1] / "examples" / "calls").glob("*.flac"))[0], 8000)[:80000]
     ref = Model(DEFAULT_MODEL, device="cpu")
-    np.testing.assert_allclose(again.infer(x)["arousal"], ref.infer(x)["arousal"], atol=1e-5)
+    assert again.quantized == "none" and ref.quantized == "int8"  # the embedded model is the int8 export
+    a, b = again.infer(x)["arousal"], ref.infer(x)["arousal"]
+    np.testing.assert_allclose(a, b, atol=0.02)  # int8 vs fp32 of the same checkpoint
+    assert np.corrcoef(a, b)[0, 1] > 0.999
