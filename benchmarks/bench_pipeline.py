@@ -53,14 +53,16 @@ def build_calls(root: Path, n_calls: int, long_hours: float) -> tuple[Path, Path
     total = 0.0
     for i in range(n_calls):
         target = rng.uniform(40, 120)
-        a, c, t = [], [], 0.0
+        a, c, t, turn = [], [], 0.0, 0
         while t < target:
             u = pool[rng.integers(len(pool))]
             gap = np.zeros(int(rng.uniform(0.2, 0.8) * SR), np.float32)
             seg = np.concatenate([u, gap])
-            (a if rng.random() < 0.4 else c).append(seg)
-            (c if a and a[-1] is seg else a).append(np.zeros_like(seg))
+            agent_turn = turn == 0 or (turn > 1 and rng.random() < 0.4)  # both sides speak at least once
+            (a if agent_turn else c).append(seg)
+            (c if agent_turn else a).append(np.zeros_like(seg))
             t += len(seg) / SR
+            turn += 1
         agent, client = np.concatenate(a), np.concatenate(c)
         n = min(len(agent), len(client))
         agent, client = agent[:n], client[:n]

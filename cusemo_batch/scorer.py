@@ -57,7 +57,7 @@ class ScoreOptions:
     batch_seconds: float = 1800.0  # audio seconds (padded) per inference batch
     max_batch: int = 8
     chunk_s: float = 10.0  # bounds ORT activations: conv1 output is 50 x chunk samples per item
-    prefetch: int = 4  # calls decoded ahead of inference
+    prefetch: int = 8  # calls decoded ahead of inference (overlaps decoding with ORT)
 
     def result_hash(self) -> str:
         """Hash of every option that changes the output values (speed options excluded)."""
