@@ -296,44 +296,74 @@ class Scorer:
             except Exception as e:  # an inference failure must not lose the batch: retry one by one
                 infer_error = CallError("", "", "infer", type(e).__name__, _one_line(e))
         pos = 0
+        results: list[CallOutcome | tuple[DecodedCall, list[dict[str, np.ndarray]]] | None] = []
         for call, res in wave:
             if isinstance(res, CallError):
-                yield CallOutcome(call, error=res)
+                results.append(CallOutcome(call, error=res))
                 continue
             if isinstance(res, tuple):  # skipped
+                results.append(None)
                 continue
             n = len(res.speakers)
-            if infer_error is None:
-                call_frames = frames[pos:pos + n]
-            else:
+            call_frames = frames[pos:pos + n]
+            pos += n
+            if infer_error is not None:
                 try:
                     call_frames = self.infer(res.speakers)
                 except Exception as e:
-                    yield CallOutcome(call, res.audio_sha256, error=CallError(
-                        call.call_id, str(call.files[0]), "infer", type(e).__name__, _one_line(e)))
-                    pos += n
+                    results.append(CallOutcome(call, res.audio_sha256, error=CallError(
+                        call.call_id, str(call.files[0]), "infer", type(e).__name__, _one_line(e))))
                     continue
-            pos += n
+            results.append((res, call_frames))
+        # The change analysis runs once over the whole wave (polars' per-call overhead dominates
+        # otherwise); if that fails, call by call, so one bad call cannot take the others down.
+        todo = [r for r in results if isinstance(r, tuple)]
+        analysed: dict[str, CallOutcome] = {}
+        if todo:
             try:
-                yield self._analyse(res, call_frames)
+                analysed = {o.call.call_id: o for o in self._analyse(todo)}
+            except Exception:
+                analysed = {}
+        for r in results:
+            if r is None:
+                continue
+            if isinstance(r, CallOutcome):
+                yield r
+                continue
+            d, call_frames = r
+            if d.call.call_id in analysed:
+                yield analysed[d.call.call_id]
+                continue
+            try:
+                yield self._analyse([r])[0]
             except Exception as e:
-                yield CallOutcome(call, res.audio_sha256, error=CallError(
-                    call.call_id, str(call.files[0]), "analyse", type(e).__name__, _one_line(e)))
+                yield CallOutcome(d.call, d.audio_sha256, error=CallError(
+                    d.call.call_id, str(d.call.files[0]), "analyse", type(e).__name__, _one_line(e)))
 
-    def _analyse(self, d: DecodedCall, frames: list[dict[str, np.ndarray]]) -> CallOutcome:
+    def _analyse(self, calls: list[tuple[DecodedCall, list[dict[str, np.ndarray]]]]) -> list[CallOutcome]:
+        """Timeseries, events and per-speaker summaries for decoded calls and their frames."""
         cfg = self.options.change_config
-        ts = pl.concat([self.timeseries(d.call.call_id, s, f) for s, f in zip(d.speakers, frames)], how="vertical")
+        ts = pl.concat([self.timeseries(d.call.call_id, sp, f) for d, frames in calls
+                        for sp, f in zip(d.speakers, frames)], how="vertical")
         ts = changes.smooth(ts, cfg)
         events = changes.detect_events(ts, cfg)
         summary = changes.call_summary(ts, events, cfg)
         extra = pl.DataFrame({
-            "speaker": [s.speaker for s in d.speakers],
-            "layout": [d.call.layout] * len(d.speakers),
-            "compressed_s": [len(s.audio) / self.model.sample_rate for s in d.speakers],
+            "call_id": [d.call.call_id for d, _ in calls for _ in d.speakers],
+            "speaker": [sp.speaker for d, _ in calls for sp in d.speakers],
+            "layout": [d.call.layout for d, _ in calls for _ in d.speakers],
+            "compressed_s": [len(sp.audio) / self.model.sample_rate for d, _ in calls for sp in d.speakers],
         })
-        summary = summary.join(extra, on="speaker", how="left")
-        audio_s = max(s.duration_s for s in d.speakers)
-        return CallOutcome(d.call, d.audio_sha256, ts, events, summary, None, audio_s)
+        summary = summary.join(extra, on=["call_id", "speaker"], how="left")
+        by_call = {k[0]: v for k, v in ts.partition_by("call_id", as_dict=True, maintain_order=True).items()}
+        ev_by_call = {k[0]: v for k, v in events.partition_by("call_id", as_dict=True, maintain_order=True).items()}
+        sum_by_call = {k[0]: v for k, v in summary.partition_by("call_id", as_dict=True, maintain_order=True).items()}
+        out = []
+        for d, _ in calls:
+            cid = d.call.call_id
+            out.append(CallOutcome(d.call, d.audio_sha256, by_call[cid], ev_by_call.get(cid, events.clear()),
+                                   sum_by_call[cid], None, max(sp.duration_s for sp in d.speakers)))
+        return out
 
     def score_folder(self, path: str | Path) -> Result:
         """Score every call under ``path`` in memory (no store, no skipping)."""
