@@ -230,8 +230,9 @@ class Scorer:
             "speaker": [item.speaker] * n_win,
             "t_start_s": starts,
             "t_end_s": np.minimum(starts + rate, item.duration_s),
-            "valence": cols["valence"],
-            "arousal": cols["arousal"],
+            # the linear heads can overshoot the annotation scale the model was trained on
+            "valence": np.clip(cols["valence"], -1.0, 1.0),
+            "arousal": np.clip(cols["arousal"], -1.0, 1.0),
             **{name: cols[name] for name in m.outputs[2:]},
             "speech_ratio": np.clip(speech_ratio, 0.0, 1.0),
         })
