@@ -45,6 +45,18 @@ def user_errors(*types: type[BaseException]) -> Callable[[F], F]:
     return deco
 
 
+def require_torch() -> None:
+    """Fail with a one-line install hint when the ``train`` extra is missing.
+
+    Looks the package up without importing it: importing torch costs seconds, and the command
+    that needs it imports it anyway.
+    """
+    from importlib.util import find_spec
+
+    if find_spec("torch") is None:
+        raise UserError("this command needs torch: pip install 'cusemo-batch[train]' (CPU build: see README)")
+
+
 def is_tty() -> bool:
     return sys.stdout.isatty()
 

@@ -16,8 +16,8 @@ from pathlib import Path
 
 import click
 
-from .common import console, progress, user_errors
-from .train import _parse_seeds, _require_torch, _training_errors
+from .common import console, progress, require_torch, user_errors
+from .train import _parse_seeds, _training_errors
 
 _QUICK_HELP = ("Quick profile (minutes on a 2-core CPU, not the paper's protocol): 2 seeds, narrower CRNN "
                "16/32/32-64-64/32, 4 epochs, lr 3e-3, 50 s segments unless varied, 30 calls, 1 thread.")
@@ -84,7 +84,7 @@ def run_cmd(grids: tuple[str, ...], corpus: Path, out: Path, seeds: str | None, 
     (Table III), alpha_beta (Table IV). A finished cell is never retrained; an interrupted one
     resumes at its first unfinished seed. Then: cusemo-batch experiment report OUT.
     """
-    _require_torch()
+    require_torch()
     from cusemo_batch.training.experiments import context_tasks, load_grid, run_grid
 
     @user_errors(*_training_errors())
@@ -207,7 +207,7 @@ def tune_cmd(corpus: Path, params, trials: int, seed: int, train_seeds, objectiv
     Prints the best value with its dev and test CCC. The study is stored in SQLite under the run
     directory, so it can be resumed (same command) and inspected (optuna.load_study).
     """
-    _require_torch()
+    require_torch()
     from cusemo_batch.training.config import load_config
     from rich.markup import escape
 

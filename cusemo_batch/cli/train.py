@@ -7,7 +7,7 @@ from pathlib import Path
 
 import click
 
-from .common import console, progress, user_errors
+from .common import console, progress, require_torch, user_errors
 
 
 def _training_errors():
@@ -18,14 +18,6 @@ def _training_errors():
     from cusemo_batch.training.corpus import CorpusError
 
     return (AudioError, CheckpointError, ConfigError, CorpusError, ValueError, FileNotFoundError)
-
-
-def _require_torch() -> None:
-    try:
-        import torch  # noqa: F401
-    except ImportError:
-        raise click.ClickException("training needs torch: pip install 'cusemo-batch[train]' "
-                                   "(CPU build: see README)") from None
 
 
 def _parse_seeds(text: str | None) -> tuple[int, ...] | None:
@@ -55,7 +47,7 @@ def train(corpus: Path, out: Path, config_path: Path | None, epochs: int | None,
     Splits are by speaker when context.csv has a `speaker` column, else by call. Prints the test
     CCC of the best-dev checkpoint per seed and its mean (sd) over seeds.
     """
-    _require_torch()
+    require_torch()
     _train(corpus, out, config_path, epochs, seeds, batch_size, lr, threads)
 
 
@@ -114,7 +106,7 @@ def evaluate(target: Path, corpus: Path, split_name: str, out_json: Path | None)
     CCC is reported two ways: over the concatenation of all calls (the paper's) and as the mean of
     per-call CCCs (tracking within calls).
     """
-    _require_torch()
+    require_torch()
     from cusemo_batch.training.loop import evaluate_checkpoint, summarise
 
     @user_errors(*_training_errors())
