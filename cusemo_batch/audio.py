@@ -35,9 +35,32 @@ def load_audio(path: str | Path, sample_rate: int, channel: int | None = None) -
     """Decode ``path`` to float32 mono at ``sample_rate``.
 
     ``channel`` selects one channel of a multi-channel file; ``None`` mixes all channels down.
-    The file is read and resampled block by block (with enough overlap that the polyphase filter
-    sees the same neighbourhood as a one-shot resample), so peak memory is the output plus one
-    block, whatever the source rate and length.
+    """
+    def pick(data: np.ndarray, ch: int) -> np.ndarray:
+        if channel is None:
+            return data.mean(axis=1, keepdims=True) if ch > 1 else data
+        if not 0 <= channel < ch:
+            raise AudioError(f"{path}: has {ch} channel(s), channel {channel} requested")
+        return data[:, channel:channel + 1]
+
+    return _decode(path, sample_rate, pick)[:, 0]
+
+
+def load_channels(path: str | Path, sample_rate: int) -> np.ndarray:
+    """Decode every channel of ``path`` at once: float32 ``[channels, samples]`` at ``sample_rate``.
+
+    For calls whose speakers share a file (stereo, or a mono mix split by RTTM), so the file is
+    decoded once rather than once per speaker.
+    """
+    return np.ascontiguousarray(_decode(path, sample_rate, lambda data, ch: data).T)
+
+
+def _decode(path: str | Path, sample_rate: int, pick) -> np.ndarray:
+    """Read, select/mix channels with ``pick(block[n, ch], ch) -> [n, k]`` and resample, block by block.
+
+    The overlap between blocks is enough for the polyphase filter to see the same neighbourhood as
+    a one-shot resample (the result is identical), so peak memory is the output plus one block,
+    whatever the source rate and length.
     """
     try:
         f = sf.SoundFile(str(path))
@@ -47,8 +70,6 @@ def load_audio(path: str | Path, sample_rate: int, channel: int | None = None) -
         sr, n, ch = f.samplerate, f.frames, f.channels
         if n <= 0:
             raise AudioError(f"{path}: no audio samples")
-        if channel is not None and not 0 <= channel < ch:
-            raise AudioError(f"{path}: has {ch} channel(s), channel {channel} requested")
         ratio = Fraction(sample_rate, sr)
         up, down = ratio.numerator, ratio.denominator
         # resample_poly's filter reaches 10*max(up, down) samples at the upsampled rate each side.
@@ -63,7 +84,7 @@ def load_audio(path: str | Path, sample_rate: int, channel: int | None = None) -
                 data = f.read(hi - lo, dtype="float32", always_2d=True)
                 if data.shape[0] != hi - lo:
                     raise AudioError(f"{path}: truncated: expected {n} samples, got {lo + data.shape[0]}")
-                x = data.mean(axis=1) if channel is None and ch > 1 else data[:, channel or 0]
+                x = pick(data, ch)
                 if not np.all(np.isfinite(x)):
                     raise AudioError(f"{path}: contains NaN or infinite samples")
                 y = resample(np.ascontiguousarray(x), sr, sample_rate)
@@ -82,11 +103,14 @@ def load_audio(path: str | Path, sample_rate: int, channel: int | None = None) -
 
 
 def resample(x: np.ndarray, sr_in: int, sr_out: int) -> np.ndarray:
-    """Polyphase resampling (Kaiser-windowed FIR, anti-aliased) with an exact rational ratio."""
+    """Polyphase resampling (Kaiser-windowed FIR, anti-aliased) with an exact rational ratio.
+
+    ``x`` is ``[samples]`` or ``[samples, channels]`` (time on axis 0).
+    """
     if sr_in == sr_out:
         return x.astype(np.float32, copy=False)
     ratio = Fraction(sr_out, sr_in)
-    y = resample_poly(x, ratio.numerator, ratio.denominator)
+    y = resample_poly(x, ratio.numerator, ratio.denominator, axis=0)
     return y.astype(np.float32, copy=False)
 
 

@@ -33,7 +33,7 @@ import numpy as np
 import polars as pl
 
 from . import changes, silence
-from .audio import AudioError, load_audio, normalise
+from .audio import AudioError, load_channels, normalise
 from .calls import Call, CallError, DiscoveryOptions, RTTMError, SpeakerSource, discover, read_metadata, read_rttm
 from .files import sha256_file
 from .model import Model, ModelError
@@ -147,12 +147,22 @@ class Scorer:
     def decode(self, call: Call, audio_sha256: str | None = None) -> DecodedCall:
         """Decode and condition every speaker of a call (raises AudioError/RTTMError/ValueError)."""
         sha = audio_sha256 or audio_hash(call)
-        speakers = [self._decode_speaker(call, src) for _, src in sorted(call.speakers.items())]
+        decoded: dict[Path, np.ndarray] = {}  # speakers sharing a file (stereo, RTTM) decode it once
+        speakers = []
+        for _, src in sorted(call.speakers.items()):
+            if src.path not in decoded:
+                decoded[src.path] = load_channels(src.path, self.model.sample_rate)
+            channels = decoded[src.path]
+            if src.channel is not None and not 0 <= src.channel < len(channels):
+                raise AudioError(f"{src.path}: has {len(channels)} channel(s), channel {src.channel} requested")
+            x = channels[src.channel] if src.channel is not None else (
+                channels[0] if len(channels) == 1 else channels.mean(axis=0))
+            speakers.append(self._condition_speaker(src, np.ascontiguousarray(x, dtype=np.float32)))
         return DecodedCall(call, sha, speakers)
 
-    def _decode_speaker(self, call: Call, src: SpeakerSource) -> SpeakerAudio:
+    def _condition_speaker(self, src: SpeakerSource, x: np.ndarray) -> SpeakerAudio:
+        """RTTM selection, VAD, silence compression and normalisation of one speaker's audio."""
         m, o = self.model, self.options
-        x = load_audio(src.path, m.sample_rate, src.channel)
         duration = len(x) / m.sample_rate
         if len(x) < m.hop:
             raise TooShortError(f"speaker {src.speaker}: {duration:.3f} s of audio is shorter than one model "
