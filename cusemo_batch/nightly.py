@@ -7,8 +7,9 @@ Guarantees (tested with real subprocesses killed by SIGKILL):
 * **Idempotent**: a call's rows live in files named after the call, replaced atomically, so a
   re-run never duplicates rows; outputs of a call that moved to another date partition, or that
   failed and then succeeded, are removed after the new files are in place.
-* **Crash-safe**: files appear complete or not at all; the manifest is updated after the call's
-  files are written, so a kill at any point only leaves work the next run redoes. Orphaned temp
+* **Crash-safe**: files appear complete or not at all; the manifest records a call only after its
+  files are written (and is itself rewritten every few seconds and at the end), so a kill at any
+  point only leaves work the next run redoes. Orphaned temp
   files are removed when the next run takes the lock.
 * **Locked**: one run per output folder (exit code 3 for the second); the lock dies with the process.
 """
@@ -33,6 +34,7 @@ from .scorer import CallOutcome, Scorer, errors_frame, join_metadata
 from .store import MANIFEST_SCHEMA, SCHEMA_VERSION, Store, call_key, valid_date
 
 EXIT_OK, EXIT_FAILED, EXIT_USAGE, EXIT_LOCKED = 0, 1, 2, 3
+MANIFEST_FLUSH_S = 10.0
 
 
 @dataclass
@@ -102,7 +104,18 @@ def run_nightly(calls_dir: str | Path, out_dir: str | Path, scorer: Scorer, forc
                 store.remove([f for f in prev["files"] if f not in files])
             manifest[call_id] = {"call_id": call_id, "status": status, "key": key, "date": date,
                                  "files": files, "run_id": run_id}
+            if time.monotonic() - flushed[0] >= MANIFEST_FLUSH_S:
+                flush()
+
+        # The manifest holds every call ever scored, so rewriting it after each call would cost
+        # O(calls x history) per night. It is rewritten at most every MANIFEST_FLUSH_S and at the
+        # end; a kill in between only means the next run rescores those calls (same rows).
+        flushed = [time.monotonic()]
+
+        def flush() -> None:
             store.write_manifest(pl.DataFrame(list(manifest.values()), schema=MANIFEST_SCHEMA))
+            crash_point("after_manifest")
+            flushed[0] = time.monotonic()
 
         def write_error(err: CallError, key: str = "") -> None:
             date = date_for(err.call_id)
@@ -141,9 +154,10 @@ def run_nightly(calls_dir: str | Path, out_dir: str | Path, scorer: Scorer, forc
             files.append(store.write("calls", date, name, calls_df))  # written last: marks completeness
             crash_point("before_manifest")
             record(cid, "ok", key, date, files)
-            crash_point("after_manifest")
+            crash_point("after_call")
             summary.scored += 1
             summary.audio_s += out.audio_s
+        flush()
         summary.skipped = len(found_ids) - n_done
         summary.wall_s = time.perf_counter() - t0
         run_row = pl.DataFrame([{

@@ -164,7 +164,7 @@ def clean_run(tmp_path_factory, plumbing_onnx):
 
 
 @pytest.mark.parametrize("point", ["discovered", "before_rename:2", "between_tables:2", "before_manifest:1",
-                                   "after_manifest:2"])
+                                   "after_call:2", "after_manifest:1"])
 def test_sigkill_then_rerun_equals_clean_run(clean_run, plumbing_onnx, tmp_path, point):
     root, clean = clean_run
     out = tmp_path / "out"
