@@ -23,7 +23,6 @@ from __future__ import annotations
 import hashlib
 import json
 import math
-import time
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import asdict, dataclass, field
 from pathlib import Path

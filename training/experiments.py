@@ -766,7 +766,7 @@ def _grid_markdown(g: dict) -> list[str]:
 
 def protocol_text(cfg: dict, varied: list[str]) -> str:
     """The settings shared by every row (the varied keys left out), from a cell's config dict."""
-    m, d, t = cfg.get("model", {}), cfg.get("data", {}), cfg.get("train", {})
+    m = cfg.get("model", {})
     parts = []
     if m.get("conv_channels"):
         parts.append(f"CRNN conv {'/'.join(map(str, m['conv_channels']))}, LSTM {m.get('lstm_hidden')}, "

@@ -31,7 +31,7 @@ from .checkpoint import load_checkpoint, save_checkpoint
 from .config import Config
 from .corpus import Corpus, read_corpus
 from .data import CallData, batch_arrays, data_hash, load_calls, make_segments, split_groups, valid_bins
-from .losses import bce_loss, ccc, ccc_loss, total_loss
+from .losses import bce_loss, ccc_loss, total_loss
 from .model import CRNN
 
 Log = Callable[[str], None]

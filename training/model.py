@@ -16,7 +16,7 @@ the input by ``pad_left``/``pad_right`` samples so that
 from __future__ import annotations
 
 import math
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass
 
 import torch
 from torch import nn
