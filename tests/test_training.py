@@ -146,3 +146,61 @@ def test_bad_config_and_checkpoint_errors(tmp_path, tiny_corpus):
         load_checkpoint(tmp_path / "other.pt")
     r = CliRunner().invoke(main, ["evaluate", str(junk), str(tiny_corpus)])
     assert r.exit_code == 2 and "not a readable torch checkpoint" in r.output
+
+
+def test_segment_jitter_moves_cut_points_and_keeps_the_rest(tiny_corpus):
+    cfg = Config().with_overrides(data={"segment_s": 10, "segment_jitter": True, "min_segment_s": 3})
+    prep = prepare(tiny_corpus, cfg)
+    idx = prep.indices("train")
+    fixed = make_segments(prep.calls, idx, prep.cfg)  # no rng: the paper's consecutive windows
+    assert all(s.bin0 % 20 == 0 for s in fixed)
+    starts = set()
+    for seed in range(5):
+        segs = make_segments(prep.calls, idx, prep.cfg, np.random.default_rng(seed))
+        assert all(6 <= s.bin1 - s.bin0 <= 20 for s in segs)  # 3 s .. 10 s at 0.5 s bins
+        for s in segs:  # consecutive pieces of one call never overlap
+            assert all(o.bin1 <= s.bin0 or o.bin0 >= s.bin1 for o in segs if o.call == s.call and o is not s)
+        starts |= {s.bin0 % 20 for s in segs}
+    assert len(starts) > 3  # the cut points really move between epochs
+
+
+def test_collapse_guard_restarts_a_diverged_run(tiny_corpus, tmp_path):
+    from cusemo_batch.training.loop import collapsed, train_seed
+
+    assert collapsed({"valence": 0.0, "arousal": 0.0, "valence_pred_sd": 0.0, "arousal_pred_sd": 0.0})
+    assert collapsed({"valence": float("nan"), "arousal": 2e-4, "valence_pred_sd": 1.0, "arousal_pred_sd": 1.0})
+    assert not collapsed({"valence": 0.0, "arousal": 0.05, "valence_pred_sd": 0.1, "arousal_pred_sd": 0.1})
+    torch.set_num_threads(1)
+    # lr 1 makes the first epoch blow up (dev CCC ~1e-6): the guard restarts from fresh weights twice,
+    # halving the learning rate each time, and says so.
+    cfg = Config().with_overrides(model=SMALL, data={"segment_s": 10, "split": [1 / 3, 1 / 3, 1 / 3]},
+                                  train={"lr": 1.0, "epochs": 3, "seeds": [0], "collapse_restarts": 2})
+    logs: list[str] = []
+    result = train_seed(prepare(tiny_corpus, cfg), 0, tmp_path / "run", log=logs.append)
+    assert result["collapse_restarts"] == 2
+    restarts = [m for m in logs if "restart" in m]
+    assert len(restarts) == 2 and "lr 0.5" in restarts[0] and "lr 0.25" in restarts[1]
+    lrs = [json.loads(line)["lr"] for line in (tmp_path / "run" / "metrics.jsonl").read_text().splitlines()]
+    assert lrs == [1.0, 0.5, 0.25]
+    assert load_checkpoint(tmp_path / "run" / "best.pt")[0] is not None
+
+
+def test_warmup_scales_the_first_steps(tiny_corpus, tmp_path):
+    from cusemo_batch.training.loop import train_seed
+
+    torch.set_num_threads(1)
+
+    def drift(warmup: int) -> float:
+        cfg = Config().with_overrides(model=SMALL, data={"segment_s": 10, "split": [1 / 3, 1 / 3, 1 / 3]},
+                                      train={"lr": 1e-3, "epochs": 1, "seeds": [0], "warmup_steps": warmup,
+                                             "max_batches_per_epoch": 2})
+        trained = load_checkpoint(train_seed(prepare(tiny_corpus, cfg), 0, tmp_path / f"w{warmup}",
+                                             log=lambda m: None) and tmp_path / f"w{warmup}" / "best.pt")[0]
+        torch.manual_seed(0)
+        init = CRNN(trained.config)
+        with torch.no_grad():
+            return max(float((a - b).abs().max()) for a, b in zip(trained.parameters(), init.parameters()))
+
+    full, warm = drift(0), drift(10**6)
+    assert full > 1e-4  # two Adam steps at lr 1e-3 move weights by ~2e-3
+    assert warm < full * 1e-3  # the same two steps at lr 1e-3 * (1..2)/1e6

@@ -42,6 +42,8 @@ class DataConfig:
     beta_target: str = "gender"  # binary context column for the beta task
     min_annotators: int = 2
     gain_db: float = 0.0  # random gain augmentation (+-dB per segment); 0 = off
+    segment_jitter: bool = False  # move segment cut points by a random offset every epoch
+    min_segment_s: float = 5.0  # with jitter: drop head pieces shorter than this
     max_calls: int = 0  # 0 = all; >0 keeps a seeded subset (quick runs, tests)
 
 
@@ -55,6 +57,12 @@ class TrainConfig:
     select_on: str = "mean"  # dev metric that picks the best checkpoint: valence | arousal | mean
     threads: int = 0  # torch intra-op threads; 0 = torch default
     grad_clip: float = 0.0  # max gradient norm; 0 = off (the paper does not clip)
+    warmup_steps: int = 0  # linear learning-rate warm-up over this many optimiser steps; 0 = off
+    # Collapse guard: when the dev predictions go constant (every ReLU of the MLP dead: the CCC loss
+    # has no gradient left and the run never recovers), reload the best checkpoint so far and go on
+    # with the learning rate times ``collapse_lr_factor``. 0 restarts = off (the paper's protocol).
+    collapse_restarts: int = 0
+    collapse_lr_factor: float = 0.5
     max_batches_per_epoch: int = 0  # 0 = all (tests use small numbers)
 
 
@@ -143,6 +151,11 @@ def validate(cfg: Config) -> None:
                           f"and of the model frame ({frame_ms:g} ms)")
     if t.batch_size < 1 or t.epochs < 1 or t.lr <= 0 or not t.seeds:
         raise ConfigError("[train] batch_size, epochs, lr must be positive and seeds non-empty")
+    if t.warmup_steps < 0 or t.collapse_restarts < 0 or not 0 < t.collapse_lr_factor <= 1:
+        raise ConfigError("[train] warmup_steps and collapse_restarts must be >= 0, "
+                          "collapse_lr_factor in (0, 1]")
+    if d.min_segment_s < 0:
+        raise ConfigError("[data] min_segment_s must be >= 0")
     if t.select_on not in ("valence", "arousal", "mean"):
         raise ConfigError("[train] select_on must be valence, arousal or mean")
     if cfg.loss.alpha < 0 or cfg.loss.beta < 0:

@@ -108,14 +108,29 @@ def valid_bins(call: CallData, hop: int, sample_rate: int, bin_s: float) -> int:
     return min(len(call.valence), covered)
 
 
-def make_segments(calls: list[CallData], indices: list[int], cfg: Config) -> list[Segment]:
+def make_segments(calls: list[CallData], indices: list[int], cfg: Config,
+                  rng: np.random.Generator | None = None) -> list[Segment]:
+    """Cut each call into consecutive ``segment_s`` windows (the last one shorter).
+
+    With ``rng`` and ``[data] segment_jitter`` the cut points move by a random offset per call (a
+    fresh one every epoch), so a short corpus does not show the network the same segment edges (and
+    the same CCC normalisation windows) every epoch. Pieces under ``min_segment_s`` that the offset
+    cuts off the start are dropped for that epoch only; without jitter every bin is kept.
+    """
     bin_s = cfg.data.label_rate_ms / 1000
     per_seg = int(round(cfg.data.segment_s / bin_s))
+    min_bins = int(round(cfg.data.min_segment_s / bin_s))
+    jitter = rng is not None and cfg.data.segment_jitter
     segs = []
     for i in indices:
         n = valid_bins(calls[i], cfg.model.hop, cfg.model.sample_rate, bin_s)
-        for b0 in range(0, n, per_seg):
-            segs.append(Segment(i, b0, min(b0 + per_seg, n)))
+        offset = int(rng.integers(0, per_seg)) if jitter and n > per_seg else 0
+        start = -offset if offset else 0
+        for b0 in range(start, n, per_seg):
+            lo, hi = max(b0, 0), min(b0 + per_seg, n)
+            if jitter and hi - lo < min_bins:
+                continue
+            segs.append(Segment(i, lo, hi))
     return segs
 
 

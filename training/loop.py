@@ -127,7 +127,26 @@ def evaluate_calls(model: CRNN, calls: list[CallData], cfg: Config) -> dict:
         concat, per_call = ccc_concat_and_mean(p, g)
         out[dim] = concat
         out[f"{dim}_per_call"] = per_call
+        out[f"{dim}_pred_sd"] = float(np.std(np.concatenate(p))) if p else 0.0
     return out
+
+
+COLLAPSE_SD = 1e-6  # dev prediction sd below this = constant output
+COLLAPSE_CCC = 1e-3  # |dev CCC| below this on both dimensions = no information about the labels
+
+
+def collapsed(metrics: dict) -> bool:
+    """True when the dev predictions say nothing about the labels on either dimension.
+
+    Two failure modes seen at lr 1e-3 and above: every MLP ReLU dies (one constant output, the CCC
+    loss has no gradient left) or the weights blow up (huge outputs, dev CCC ~1e-6). A model that is
+    merely early in training still has |CCC| of a few hundredths on at least one dimension.
+    """
+    def dead(d: str) -> bool:
+        sd, ccc = metrics.get(f"{d}_pred_sd", 1.0), metrics.get(d, 1.0)
+        return not (sd >= COLLAPSE_SD) or not (abs(ccc) >= COLLAPSE_CCC)  # NaN counts as dead
+
+    return dead("valence") and dead("arousal")
 
 
 def _select(metrics: dict, on: str) -> float:
@@ -145,7 +164,9 @@ def train_seed(prep: Prepared, seed: int, out_dir: Path, log: Log = print,
     if cfg.train.threads:
         torch.set_num_threads(cfg.train.threads)
     model = CRNN(cfg.model)
-    opt = torch.optim.Adam(model.parameters(), lr=cfg.train.lr)
+    lr = cfg.train.lr
+    opt = torch.optim.Adam(model.parameters(), lr=lr)
+    step = 0
     pool = Pooler(1 / cfg.model.frame_rate, cfg.data.label_rate_ms / 1000)
     train_idx, dev_idx, test_idx = prep.indices("train"), prep.indices("dev"), prep.indices("test")
     if not train_idx:
@@ -158,12 +179,14 @@ def train_seed(prep: Prepared, seed: int, out_dir: Path, log: Log = print,
         "heads": list(cfg.model.outputs), "config": cfg.to_dict(),
         "train_data": {"description": _describe(prep), "sha256": prep.data_sha256},
     }
-    best, best_epoch, stale = -math.inf, 0, 0
+    best, best_epoch, stale, restarts = -math.inf, 0, 0, 0
     metrics_path = out_dir / "metrics.jsonl"
     lines: list[str] = []
     for epoch in range(1, cfg.train.epochs + 1):
         t0 = time.perf_counter()
         model.train()
+        if cfg.data.segment_jitter:
+            segments = make_segments(prep.calls, train_idx, cfg, rng)
         order = rng.permutation(len(segments))
         bs = cfg.train.batch_size
         batches = [order[i:i + bs] for i in range(0, len(order), bs)]
@@ -177,31 +200,48 @@ def train_seed(prep: Prepared, seed: int, out_dir: Path, log: Log = print,
             loss.backward()
             if cfg.train.grad_clip:
                 torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.train.grad_clip)
+            step += 1
+            for group in opt.param_groups:
+                group["lr"] = lr * min(1.0, step / cfg.train.warmup_steps) if cfg.train.warmup_steps else lr
             opt.step()
             losses.append(float(loss.detach()))
             progress(1)
         dev = evaluate_calls(model, dev_calls, cfg)
         score = _select(dev, cfg.train.select_on)
-        record = {"epoch": epoch, "train_loss": float(np.mean(losses)), "dev": dev,
+        record = {"epoch": epoch, "train_loss": float(np.mean(losses)), "dev": dev, "lr": lr,
                   "seconds": round(time.perf_counter() - t0, 2)}
         lines.append(json.dumps(record))
         atomic_write_text(metrics_path, "\n".join(lines) + "\n")
         log(f"seed {seed} epoch {epoch}/{cfg.train.epochs}: loss {record['train_loss']:.4f}  "
             f"dev CCC valence {dev['valence']:.3f} arousal {dev['arousal']:.3f}  ({record['seconds']:.0f} s)")
-        if score > best:
+        if score > best and not collapsed(dev):
             best, best_epoch, stale = score, epoch, 0
             save_checkpoint(out_dir / "best.pt", model, {**meta, "epoch": epoch, "dev_ccc": _dims(dev)})
+        elif collapsed(dev) and restarts < cfg.train.collapse_restarts:
+            restarts += 1
+            lr *= cfg.train.collapse_lr_factor
+            if best_epoch:
+                model.load_state_dict(load_checkpoint(out_dir / "best.pt")[0].state_dict())
+            else:
+                model = CRNN(cfg.model)  # collapsed before any usable epoch: fresh weights
+            opt = torch.optim.Adam(model.parameters(), lr=lr)
+            step, stale = 0, 0
+            log(f"seed {seed} epoch {epoch}: dev predictions collapsed (constant, diverged or uncorrelated); restart {restarts}/"
+                f"{cfg.train.collapse_restarts} from epoch {best_epoch or 'init'} with lr {lr:g}")
         else:
             stale += 1
             if cfg.train.patience and stale >= cfg.train.patience:
                 log(f"seed {seed}: early stop after {epoch} epochs (best epoch {best_epoch})")
                 break
+    if not best_epoch:  # every epoch collapsed: keep the last model so that the run still reports
+        save_checkpoint(out_dir / "best.pt", model, {**meta, "epoch": len(lines), "dev_ccc": {}})
     best_model, best_meta = load_checkpoint(out_dir / "best.pt")
     test = evaluate_calls(best_model, [prep.calls[i] for i in test_idx], cfg) if test_idx else {}
     dev = evaluate_calls(best_model, dev_calls, cfg)
     best_meta.pop("checkpoint_sha256", None)
     save_checkpoint(out_dir / "best.pt", best_model, {**best_meta, "dev_ccc": _dims(dev), "test_ccc": _dims(test)})
-    result = {"seed": seed, "best_epoch": best_epoch, "epochs_run": len(lines), "dev": dev, "test": test}
+    result = {"seed": seed, "best_epoch": best_epoch, "epochs_run": len(lines), "collapse_restarts": restarts,
+              "dev": dev, "test": test}
     atomic_write_text(out_dir / "result.json", json.dumps(result, indent=2))
     return result
 
