@@ -165,16 +165,30 @@ def smooth(ts: pl.DataFrame, cfg: ChangeConfig | None = None) -> pl.DataFrame:
     the speech floor (see the module docstring).
     """
     cfg = cfg or load_change_config()
+    return _smoothed(_prepare(ts, cfg), ts.columns)
+
+
+def analyse(ts: pl.DataFrame, cfg: ChangeConfig | None = None) -> tuple[pl.DataFrame, pl.DataFrame, pl.DataFrame]:
+    """:func:`smooth`, :func:`detect_events` and :func:`call_summary` in one go (one preparation
+    pass instead of three: the scorer's path)."""
+    cfg = cfg or load_change_config()
     p = _prepare(ts, cfg)
-    out = p.sort("_row").select([c for c in ts.columns if c not in ("valence_smooth", "arousal_smooth")]
-                                + ["valence_smooth", "arousal_smooth"])
-    return out
+    events = _detect(p, cfg)
+    return _smoothed(p, ts.columns), events, _summarise(p, events, cfg)
+
+
+def _smoothed(p: pl.DataFrame, columns: list[str]) -> pl.DataFrame:
+    return p.sort("_row").select([c for c in columns if c not in ("valence_smooth", "arousal_smooth")]
+                                 + ["valence_smooth", "arousal_smooth"])
 
 
 def detect_events(ts: pl.DataFrame, cfg: ChangeConfig | None = None) -> pl.DataFrame:
     """One row per change event (columns: :data:`EVENT_SCHEMA`), sorted by call, speaker, time."""
     cfg = cfg or load_change_config()
-    p = _prepare(ts, cfg)
+    return _detect(_prepare(ts, cfg), cfg)
+
+
+def _detect(p: pl.DataFrame, cfg: ChangeConfig) -> pl.DataFrame:
     rows: list[dict[str, Any]] = []
     for g in p.partition_by(KEYS, maintain_order=True):
         speech = g["_speech"].to_numpy()
@@ -200,9 +214,11 @@ def call_summary(ts: pl.DataFrame, events: pl.DataFrame | None = None,
     ``events`` defaults to :func:`detect_events` on ``ts`` with the same config.
     """
     cfg = cfg or load_change_config()
-    if events is None:
-        events = detect_events(ts, cfg)
     p = _prepare(ts, cfg)
+    return _summarise(p, _detect(p, cfg) if events is None else events, cfg)
+
+
+def _summarise(p: pl.DataFrame, events: pl.DataFrame, cfg: ChangeConfig) -> pl.DataFrame:
     edge_ms = int(round(cfg.edge_s * 1000))
 
     aggs: list[pl.Expr] = [

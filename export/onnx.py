@@ -211,6 +211,7 @@ def export_model(
     check: bool = True,
     check_audio: Sequence[str | Path] = (),
     validation: str | Path | None = None,
+    calibration: Sequence[str | Path] = (),
     log: Log = lambda s: None,
 ) -> ExportResult:
     """Export ``model`` to ``out`` (``NAME.onnx``) and ``NAME.stream.onnx``; verify; write atomically.
@@ -233,14 +234,14 @@ def export_model(
     model.eval()  # dropout off in the graph and in the torch reference
     try:
         return _export(model, md, out, out_stream, opset=opset, quantize=quantize, check=check,
-                       check_audio=check_audio, validation=validation, log=log)
+                       check_audio=check_audio, validation=validation, calibration=calibration, log=log)
     finally:
         model.train(was_training)
 
 
 def _export(model: CRNN, md: dict[str, str], out: Path, out_stream: Path, *, opset: int,
             quantize: str | None, check: bool, check_audio: Sequence[str | Path],
-            validation: str | Path | None, log: Log) -> ExportResult:
+            validation: str | Path | None, calibration: Sequence[str | Path], log: Log) -> ExportResult:
     name = md["name"]
     out.parent.mkdir(parents=True, exist_ok=True)
     with tempfile.TemporaryDirectory(prefix=".cusemo-tmp-export-", dir=out.parent) as tmp_name:
@@ -265,14 +266,36 @@ def _export(model: CRNN, md: dict[str, str], out: Path, out_stream: Path, *, ops
                     f"{r.max_abs_diff:.3g} > tolerance {r.tolerance:g}; nothing written")
         final = fp32
         if quantize == "int8":
-            from .quantize import compare_quantized, load_validation, quantize_dynamic_pair
+            from .quantize import (CALIB_MAX_S, QUANT_OPS, calibration_audio, compare_quantized, load_validation,
+                                   quantize_dynamic_pair, quantize_static_convs)
 
+            src_whole, src_stream = fp32, stream_path_for(fp32)
+            sr = model.config.sample_rate
+            calib = calibration_audio([x for _, x in _load_files(_audio_paths(calibration), sr, md["normalisation"],
+                                                                 CALIB_MAX_S)], sr) if calibration else []
+            static: list[str] = []
+            if calib:
+                c = model.config
+                geometry = dict(context=c.receptive_field - c.hop, hop=c.hop, sample_rate=c.sample_rate,
+                                lstm_layers=c.lstm_layers, lstm_hidden=c.lstm_hidden)
+                s_whole, s_stream = tmp / "s.onnx", tmp / "s.stream.onnx"
+                # the stream graph calibrates (scorer-shaped steps); the whole graph reuses its ranges
+                static = quantize_static_convs(src_stream, s_stream, calib, cache=tmp / "calib.json", **geometry)
+                quantize_static_convs(src_whole, s_whole, calib, cache=tmp / "calib.json", **geometry)
+                src_whole, src_stream = s_whole, s_stream
+                log(f"static int8 convolutions {', '.join(static)} calibrated on "
+                    f"{sum(map(len, calib)) / c.sample_rate:.0f} s of audio")
             q_whole, q_stream = tmp / "q.onnx", tmp / "q.stream.onnx"
-            quantize_dynamic_pair(fp32, stream_path_for(fp32), q_whole, q_stream)
-            final = _stamp_pair(q_whole, q_stream, tmp / "int8" / out.name, {**md, "quantized": "int8"})
+            quantize_dynamic_pair(src_whole, src_stream, q_whole, q_stream)
+            scheme = {"dynamic": list(QUANT_OPS), "static": static,
+                      "calibration_s": round(sum(map(len, calib)) / model.config.sample_rate, 1)}
+            final = _stamp_pair(q_whole, q_stream, tmp / "int8" / out.name,
+                                {**md, "quantized": "int8", "quantization": json.dumps(scheme)})
             val = load_validation(validation, model.config.sample_rate, md["normalisation"]) if validation else []
             result.quantization = compare_quantized(Model(fp32, device="cpu"), Model(final, device="cpu"),
                                                     audios, val, log=log)
+            result.quantization.static_convs = tuple(static)
+            result.quantization.calibration_seconds = scheme["calibration_s"]
         # Stream first: the whole graph is the entry point and names the stream file's hash.
         for src, dst in ((stream_path_for(final), out_stream), (final, out)):
             with atomic_path(dst) as t:
@@ -390,6 +413,10 @@ def _check_inputs(config: ModelConfig, norm: str, files: Sequence[str | Path]) -
     sr = config.sample_rate
     items = [(f"random {s:g}s", (0.1 * rng.standard_normal(round(s * sr))).astype(np.float32))
              for s in CHECK_LENGTHS_S]
+    return items + _load_files(_audio_paths(files)[:MAX_CHECK_FILES], sr, norm)
+
+
+def _audio_paths(files: Sequence[str | Path]) -> list[Path]:
     paths: list[Path] = []
     for f in files:
         p = Path(f)
@@ -397,11 +424,19 @@ def _check_inputs(config: ModelConfig, norm: str, files: Sequence[str | Path]) -
             paths += sorted(q for q in p.rglob("*") if q.suffix.lower() in (".wav", ".flac", ".ogg", ".mp3"))
         else:
             paths.append(p)
-    for p in paths[:MAX_CHECK_FILES]:
+    return paths
+
+
+def _load_files(paths: Sequence[Path], sr: int, norm: str, max_s: float = float("inf")) -> list[tuple[str, np.ndarray]]:
+    items, total = [], 0.0
+    for p in paths:
+        if total >= max_s:
+            break
         try:
             items.append((p.name, normalise(load_audio(p, sr), norm)))
         except AudioError as e:
             raise ExportError(str(e)) from None
+        total += len(items[-1][1]) / sr
     return items
 
 

@@ -7,6 +7,7 @@ from cusemo_batch.changes import (
     DEFAULT_CONFIG,
     EVENT_SCHEMA,
     ChangeConfig,
+    analyse,
     call_summary,
     detect_events,
     load_change_config,
@@ -243,6 +244,11 @@ def test_several_calls_and_speakers_are_independent():
     # smooth keeps the caller's rows and order
     sm = smooth(mixed, CFG)
     assert_frame_equal(sm.drop("valence_smooth", "arousal_smooth"), mixed)
+    # the one-pass analyse() used by the scorer gives exactly the three separate results
+    ts_a, events_a, summary_a = analyse(mixed, CFG)
+    assert_frame_equal(ts_a, sm)
+    assert_frame_equal(events_a, events)
+    assert_frame_equal(summary_a, call_summary(mixed, events, CFG))
 
 
 def test_speaker_without_speech_gets_nulls_and_false_flags():

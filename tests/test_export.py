@@ -22,6 +22,7 @@ from cusemo_batch.audio import load_audio, normalise
 from cusemo_batch.cli import main
 from cusemo_batch.export import onnx as export_onnx
 from cusemo_batch.export.onnx import PARITY_ATOL, STREAM_ATOL, ExportError, export_checkpoint, export_model
+from cusemo_batch.export.quantize import QuantizationError
 from cusemo_batch.files import sha256_file
 from cusemo_batch.model import Model, stream_path_for
 from cusemo_batch.training.checkpoint import save_checkpoint
@@ -245,6 +246,45 @@ def test_int8_quantization_reports_ccc_change(exported, ravdess_dir, tmp_path):
     assert {p.key: p.value for p in onnx.load(str(q.stream_path)).metadata_props}["quantized"] == "int8"
     x = real_audio(ravdess_dir, 7.3)
     assert max(np.abs(m.infer_stream(x, 50)[h] - m.infer(x)[h]).max() for h in m.outputs) < 0.05
+
+
+def test_int8_static_convs_calibrated_on_real_speech(exported, ravdess_dir, tmp_path):
+    """With calibration audio the convs after the first become QDQ int8; outputs stay close to fp32,
+    chunked streaming stays close to the whole pass, and the metadata says what was quantized."""
+    _, ckpt, res = exported
+    files = sorted((ravdess_dir / "audio").glob("*.flac"))
+    calib, check = files[::97][:12], files[5::131][:3]
+    q = export_checkpoint(ckpt, tmp_path / "tiny-s8.onnx", quantize="int8", calibration=calib,
+                          check_audio=check)
+    rep = q.quantization
+    assert rep.static_convs == ("/cnn/cnn.3/Conv", "/cnn/cnn.6/Conv") and rep.calibration_seconds > 20
+    assert all(h.agreement_ccc > 0.9 for h in rep.heads)
+    for path in (q.path, q.stream_path):
+        graph = onnx.load(str(path)).graph
+        dq_inputs = {n.output[0] for n in graph.node if n.op_type == "DequantizeLinear"}
+        quantized_convs = {n.name for n in graph.node if n.op_type == "Conv" and n.input[0] in dq_inputs}
+        first_conv = next(n for n in graph.node if n.op_type == "Conv")
+        assert quantized_convs == set(rep.static_convs) and first_conv.input[0] not in dq_inputs
+    m, ref = Model(q.path, device="cpu"), Model(res.path, device="cpu")
+    assert m.metadata["quantization"] == {"dynamic": ["MatMul", "LSTM"], "static": list(rep.static_convs),
+                                          "calibration_s": rep.calibration_seconds}
+    x = real_audio(ravdess_dir, 7.3, offset=2)
+    for h in m.outputs:
+        assert np.abs(m.infer(x)[h] - ref.infer(x)[h]).max() < 0.1
+        assert np.abs(m.infer_stream(x, 50)[h] - m.infer(x)[h]).max() < 0.05
+    with pytest.raises(QuantizationError, match="calibration audio too short"):
+        export_checkpoint(ckpt, tmp_path / "short.onnx", quantize="int8", check=False,
+                          calibration=[_short_clip(ravdess_dir, tmp_path)])
+    assert not (tmp_path / "short.onnx").exists()
+
+
+def _short_clip(ravdess_dir: Path, tmp_path: Path) -> Path:
+    import soundfile as sf
+
+    x, sr = sf.read(sorted((ravdess_dir / "audio").glob("*.flac"))[0], dtype="float32")
+    out = tmp_path / "short.wav"
+    sf.write(out, x[: int(0.5 * sr)], sr)
+    return out
 
 
 @pytest.mark.parametrize("opset", [16, 21])
