@@ -116,11 +116,13 @@ def test_batched_streaming_equals_one_by_one(plumbing_onnx):
 
     items = [SpeakerAudio(f"s{i}", rng.normal(0, 0.1, n).astype(np.float32), TimeMap.identity(n / 8000),
                           np.ones(n // 160, bool), n / 8000) for i, n in enumerate([8000 * 7 + 123, 4000, 8000 * 40])]
-    batched = Scorer(model, options=ScoreOptions(chunk_s=3.0)).infer(items)
-    for it, got in zip(items, batched):
-        alone = model.infer(it.audio)
-        assert got["valence"].shape == alone["valence"].shape
-        np.testing.assert_allclose(got["valence"], alone["valence"], atol=1e-5)
+    # fixed 3 s chunks; the default (16 s steps split over the rows: 5.3 s at batch 3); batches of 2
+    for opts in (ScoreOptions(chunk_s=3.0), ScoreOptions(), ScoreOptions(max_batch=2, step_s=1.0)):
+        batched = Scorer(model, options=opts).infer(items)
+        for it, got in zip(items, batched):
+            alone = model.infer(it.audio)
+            assert got["valence"].shape == alone["valence"].shape
+            np.testing.assert_allclose(got["valence"], alone["valence"], atol=1e-5)
 
 
 def test_cuda_request_falls_back_to_cpu(plumbing_onnx, tmp_path):
