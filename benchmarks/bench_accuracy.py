@@ -295,6 +295,18 @@ def fmt(x: float, nd: int = 3) -> str:
     return f"{x + 0.0 if abs(x) >= 0.5 * 10 ** -nd else 0.0:.{nd}f}"  # no "-0.000"
 
 
+def run_seeds(run: Path | None) -> dict | None:
+    """Per-seed results of the training run (``seed_*/result.json``) and its mean (sd) summary."""
+    if run is None:
+        return None
+    per_seed = []
+    for f in sorted(run.glob("seed_*/result.json"), key=lambda p: int(p.parent.name.split("_")[1])):
+        r = json.loads(f.read_text())
+        per_seed.append({k: r.get(k) for k in ("seed", "best_epoch", "epochs_run", "collapse_restarts", "dev", "test")})
+    summary = json.loads((run / "summary.json").read_text()) if (run / "summary.json").is_file() else {}
+    return {"per_seed": per_seed, "summary": summary}
+
+
 def markdown(res: dict) -> str:
     s = res["split"]
     m = res["model"]
@@ -335,6 +347,24 @@ def markdown(res: dict) -> str:
     if rec:
         lines.append(f"Test CCC recorded by training in the model's metadata: valence {fmt(rec.get('valence'))}, "
                      f"arousal {fmt(rec.get('arousal'))}.")
+    seeds = res.get("seeds")
+    if seeds and seeds.get("per_seed"):
+        lines += ["", f"### The CRNN over training seeds (torch fp32, best dev epoch of each seed; run `{res['run']}`)",
+                  "", "| seed | best epoch | epochs run | collapse restarts | dev V | dev A | test V | test A | "
+                  "test V per call | test A per call |", "|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|"]
+        for r in seeds["per_seed"]:
+            d, t = r.get("dev", {}), r.get("test", {})
+            lines.append(f"| {r['seed']} | {r.get('best_epoch', '-')} | {r.get('epochs_run', '-')} | "
+                         f"{r.get('collapse_restarts', 0)} | {fmt(d.get('valence'))} | {fmt(d.get('arousal'))} | "
+                         f"{fmt(t.get('valence'))} | {fmt(t.get('arousal'))} | {fmt(t.get('valence_per_call'))} | "
+                         f"{fmt(t.get('arousal_per_call'))} |")
+        sm = seeds.get("summary", {})
+        ms = [f"{k.replace('test_', '').replace('_', ' ')} {v['mean']:.3f} ({v['sd']:.3f})"
+              for k, v in sm.items() if k.startswith("test_") and isinstance(v, dict)]
+        if ms:
+            lines.append("")
+            lines.append(f"Test CCC mean (sd) over {len(seeds['per_seed'])} seeds: " + "; ".join(ms) + ". "
+                         f"The embedded model is the best seed on dev (seed {sm.get('best_seed', '?')}).")
     ev = res["events"]
     if not ev["modes"]:
         return "\n".join(lines + ["", "Change events: skipped (the corpus has no segments.csv).", ""])
@@ -481,6 +511,7 @@ def main(args: argparse.Namespace) -> dict:
                   "normalisation": model.normalisation, "label_rate_ms": model.label_rate_ms,
                   "train_data": model.metadata.get("train_data"), "quantized": model.quantized},
         "crnn_recorded_test_ccc": rec if isinstance(rec, dict) else None,
+        "seeds": run_seeds(args.run),
         "corpus": {"path": str(Path(corpus_dir).resolve()), "calls": len(corpus.calls), "data_sha256": data_sha,
                    "matches_model": model_train_sha in (None, data_sha)},
         "run": str(args.run.resolve()) if args.run else None,
