@@ -55,12 +55,14 @@ class ScoreOptions:
     change_config: changes.ChangeConfig = field(default_factory=changes.ChangeConfig)
     # speed only:
     batch_seconds: float = 1800.0  # audio seconds (padded) per inference batch
-    max_batch: int = 8
-    # Audio per streaming step, all batch rows together. The first conv block writes 50 floats per
-    # input sample, so a step of 16 s is ~26 MB of activations: small steps stay in cache (measured
-    # on 2 cores: batch 8 x 2 s steps run ~1.3x faster than batch 8 x 10 s), while a single long call
-    # still gets 16 s chunks (fewer, larger runs: the batch-1 LSTM is per-step overhead bound).
-    step_s: float = 16.0
+    # Batch rows, and audio per streaming step over all rows together. The first conv block writes
+    # 50 floats per input sample, so a 12 s step is ~19 MB of activations: small steps stay in cache,
+    # while a single long call still gets 12 s chunks (fewer, larger runs: the batch-1 LSTM is
+    # per-step overhead bound). Measured on 2 cores, 60 calls of 40-120 s in process, alternating
+    # runs: batch 8 x 10 s steps 5.6 s; 8 x 2 s 4.5-4.8 s; 16 x 1 s 5.0 s; 4 x 3 s 3.95-4.4 s (fewer
+    # rows also pad less: rows of one batch are the nearest lengths, still not equal).
+    max_batch: int = 4
+    step_s: float = 12.0
     chunk_s: float = 0.0  # per-row chunk in seconds; 0 = step_s / batch rows, at least 1 s
     prefetch: int = 8  # calls decoded ahead of inference (overlaps decoding with ORT)
 

@@ -276,6 +276,12 @@ def test_int8_static_convs_calibrated_on_real_speech(exported, ravdess_dir, tmp_
         export_checkpoint(ckpt, tmp_path / "short.onnx", quantize="int8", check=False,
                           calibration=[_short_clip(ravdess_dir, tmp_path)])
     assert not (tmp_path / "short.onnx").exists()
+    # a raw-level model (normalisation none) is refused: fixed int8 ranges lose quiet calls
+    raw_ckpt = tmp_path / "raw.pt"
+    save_checkpoint(raw_ckpt, exported[0], {**META, "normalisation": "none"})
+    with pytest.raises(ExportError, match="level-normalised model"):
+        export_checkpoint(raw_ckpt, tmp_path / "raw.onnx", quantize="int8", check=False, calibration=calib)
+    assert not (tmp_path / "raw.onnx").exists()
 
 
 def _short_clip(ravdess_dir: Path, tmp_path: Path) -> Path:
