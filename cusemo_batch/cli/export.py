@@ -45,10 +45,11 @@ def _export_errors() -> tuple[type[BaseException], ...]:
 @click.option("--opset", type=click.IntRange(min=17, max=20), default=17, show_default=True, help="ONNX opset.")
 @click.option("--quantize", type=click.Choice(["int8"]),
               help="int8: dynamic for MatMul/LSTM weights; with --calibration-audio also static int8 "
-                   "convolutions (1.4x faster inference on CPUs with VNNI/AMX).")
+                   "convolutions (level-normalised models only).")
 @click.option("--calibration-audio", multiple=True, type=click.Path(exists=True, path_type=Path),
-              help="With --quantize: real speech (files or folders; training audio, not the test set) "
-                   "to calibrate the static int8 convolutions. Repeatable; up to 600 s are used.")
+              help="With --quantize, for models trained with normalisation = rms: real speech (files or "
+                   "folders; training audio, not the test set) to calibrate static int8 convolutions. "
+                   "Repeatable; up to 600 s are used.")
 @click.option("--no-check", is_flag=True, help="Skip the onnxruntime-vs-torch parity check.")
 @click.option("--check-audio", multiple=True, type=click.Path(exists=True, path_type=Path),
               help="Real audio (files or folders) for the parity check, besides random signals. Repeatable.")
