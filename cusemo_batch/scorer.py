@@ -62,8 +62,7 @@ class ScoreOptions:
     # runs: batch 8 x 10 s steps 5.6 s; 8 x 2 s 4.5-4.8 s; 16 x 1 s 5.0 s; 4 x 3 s 3.95-4.4 s (fewer
     # rows also pad less: rows of one batch are the nearest lengths, still not equal).
     max_batch: int = 4
-    step_s: float = 12.0
-    chunk_s: float = 0.0  # per-row chunk in seconds; 0 = step_s / batch rows, at least 1 s
+    step_s: float = 12.0  # each row gets step_s / rows seconds per step, at least 1 s
     prefetch: int = 8  # calls decoded ahead of inference (overlaps decoding with ORT)
 
     def result_hash(self) -> str:
@@ -212,8 +211,7 @@ class Scorer:
                 batch = np.zeros((len(group), longest), np.float32)
                 for r, g in enumerate(group):
                     batch[r, : len(g.audio)] = g.audio
-            chunk_s = o.chunk_s or max(1.0, o.step_s / len(group))
-            chunk_frames = max(1, int(chunk_s * m.frame_rate))
+            chunk_frames = max(1, int(max(1.0, o.step_s / len(group)) * m.frame_rate))
             stream = m.stream(batch=len(group), chunk_frames=chunk_frames)
             step = chunk_frames * m.hop
             parts = [stream.push(batch[:, s:s + step]) for s in range(0, longest, step)]

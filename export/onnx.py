@@ -228,6 +228,12 @@ def export_model(
                           f"(verified minimum .. the legacy exporter's maximum)")
     if quantize not in (None, "int8"):
         raise ExportError(f"unknown quantization {quantize!r}; only int8 is supported")
+    if calibration and meta.get("normalisation") == "none":
+        raise ExportError(
+            "static int8 convolutions need a level-normalised model (trained with normalisation = rms): "
+            "this one reads raw levels, and int8 ranges calibrated on speech at one level lose quieter "
+            "calls (measured on the default model: correlation with fp32 0.67 at -10 dB, 0 at -24 dB); "
+            "drop --calibration-audio for dynamic int8")
     name = out.name[: -len(".onnx")]
     md = build_metadata(model.config, meta, name=name, opset=opset)
     was_training = model.training
@@ -266,42 +272,34 @@ def _export(model: CRNN, md: dict[str, str], out: Path, out_stream: Path, *, ops
                     f"{r.max_abs_diff:.3g} > tolerance {r.tolerance:g}; nothing written")
         final = fp32
         if quantize == "int8":
-            from .quantize import (CALIB_MAX_S, QUANT_OPS, calibration_audio, compare_quantized, load_validation,
-                                   quantize_dynamic_pair, quantize_static_convs)
+            from .quantize import (CALIB_MAX_S, QUANT_OPS, compare_quantized, load_validation, quantize_dynamic_pair,
+                                   quantize_static_pair)
 
+            c = model.config
             src_whole, src_stream = fp32, stream_path_for(fp32)
-            sr = model.config.sample_rate
-            calib = calibration_audio([x for _, x in _load_files(_audio_paths(calibration), sr, md["normalisation"],
-                                                                 CALIB_MAX_S)], sr) if calibration else []
+            calib = [x for _, x in _load_files(_audio_paths(calibration), c.sample_rate, md["normalisation"],
+                                               CALIB_MAX_S)]
             static: list[str] = []
-            if calib and md["normalisation"] == "none":
-                raise ExportError(
-                    "static int8 convolutions need a level-normalised model (trained with normalisation = rms): "
-                    "this one reads raw levels, and int8 ranges calibrated on speech at one level lose quieter "
-                    "calls (measured on the default model: correlation with fp32 0.67 at -10 dB, 0 at -24 dB); "
-                    "drop --calibration-audio for dynamic int8")
             if calib:
-                c = model.config
-                geometry = dict(context=c.receptive_field - c.hop, hop=c.hop, sample_rate=c.sample_rate,
-                                lstm_layers=c.lstm_layers, lstm_hidden=c.lstm_hidden)
                 s_whole, s_stream = tmp / "s.onnx", tmp / "s.stream.onnx"
-                # the stream graph calibrates (scorer-shaped steps); the whole graph reuses its ranges
-                static = quantize_static_convs(src_stream, s_stream, calib, cache=tmp / "calib.json", **geometry)
-                quantize_static_convs(src_whole, s_whole, calib, cache=tmp / "calib.json", **geometry)
+                static = quantize_static_pair(src_whole, src_stream, s_whole, s_stream, calib,
+                                              context=c.receptive_field - c.hop, hop=c.hop,
+                                              sample_rate=c.sample_rate, lstm_layers=c.lstm_layers,
+                                              lstm_hidden=c.lstm_hidden)
                 src_whole, src_stream = s_whole, s_stream
-                log(f"static int8 convolutions {', '.join(static)} calibrated on "
-                    f"{sum(map(len, calib)) / c.sample_rate:.0f} s of audio")
+            calib_s = round(min(sum(map(len, calib)) / c.sample_rate, CALIB_MAX_S), 1)
+            if static:
+                log(f"static int8 convolutions {', '.join(static)} calibrated on {calib_s:.0f} s of audio")
             q_whole, q_stream = tmp / "q.onnx", tmp / "q.stream.onnx"
             quantize_dynamic_pair(src_whole, src_stream, q_whole, q_stream)
-            scheme = {"dynamic": list(QUANT_OPS), "static": static,
-                      "calibration_s": round(sum(map(len, calib)) / model.config.sample_rate, 1)}
+            scheme = {"dynamic": list(QUANT_OPS), "static": static, "calibration_s": calib_s}
             final = _stamp_pair(q_whole, q_stream, tmp / "int8" / out.name,
                                 {**md, "quantized": "int8", "quantization": json.dumps(scheme)})
             val = load_validation(validation, model.config.sample_rate, md["normalisation"]) if validation else []
             result.quantization = compare_quantized(Model(fp32, device="cpu"), Model(final, device="cpu"),
                                                     audios, val, log=log)
             result.quantization.static_convs = tuple(static)
-            result.quantization.calibration_seconds = scheme["calibration_s"]
+            result.quantization.calibration_seconds = calib_s
         # Stream first: the whole graph is the entry point and names the stream file's hash.
         for src, dst in ((stream_path_for(final), out_stream), (final, out)):
             with atomic_path(dst) as t:

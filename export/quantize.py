@@ -34,6 +34,7 @@ import contextlib
 import csv
 import io
 import logging
+import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable, Sequence
@@ -54,7 +55,6 @@ QUANT_CHUNK_FRAMES = 320
 CALIB_PERCENTILE = 99.99
 CALIB_STEP_S = 2.0  # calibration inputs look like the scorer's streaming steps: rows of 2 s
 CALIB_BATCH = 8
-CALIB_WHOLE_S = 10.0  # whole-graph calibration pieces
 CALIB_MAX_S = 600.0  # calibration audio used at most (ranges settle long before)
 
 
@@ -105,12 +105,6 @@ def quantize_dynamic_pair(whole: Path, stream: Path, out_whole: Path, out_stream
             logging.disable(logging.NOTSET)
 
 
-def stream_inputs(path: Path) -> bool:
-    import onnx
-
-    return "h0" in {i.name for i in onnx.load(str(path), load_external_data=False).graph.input}
-
-
 def static_conv_nodes(path: Path) -> list[str]:
     """Conv nodes worth int8: all but the first (single input channel, memory-bound)."""
     import onnx
@@ -119,42 +113,36 @@ def static_conv_nodes(path: Path) -> list[str]:
     return convs[1:]
 
 
-def quantize_static_convs(src: Path, dst: Path, calibration: Sequence[np.ndarray], *, cache: Path,
-                          context: int, hop: int, sample_rate: int, lstm_layers: int, lstm_hidden: int) -> list[str]:
-    """QDQ int8 for the convolutions after the first, ranges calibrated on ``calibration`` audio.
+def quantize_static_pair(whole: Path, stream: Path, out_whole: Path, out_stream: Path,
+                         calibration: Sequence[np.ndarray], *, context: int, hop: int, sample_rate: int,
+                         lstm_layers: int, lstm_hidden: int) -> list[str]:
+    """QDQ int8 for the convolutions after the first in both graphs; returns the quantized nodes.
 
-    The graph is fed the scorer's step shape (``CALIB_BATCH`` rows of ``CALIB_STEP_S`` with context,
-    zero state) when it is a stream graph. The ranges are written to ``cache``; when ``cache``
-    exists they are reused instead (no calibration): the whole graph of a pair must get exactly
-    the stream graph's ranges, or chunked and whole-pass outputs drift apart (measured: 0.11 on
-    a small model with separately calibrated graphs). Returns the quantized node names.
+    Ranges are calibrated once, on the stream graph fed the scorer's step shape (``CALIB_BATCH``
+    rows of ``CALIB_STEP_S`` with context, zero state; at most ``CALIB_MAX_S`` of ``calibration``
+    audio), and the whole graph reuses them through onnxruntime's calibration cache: separately
+    calibrated graphs made chunked and whole-pass outputs drift apart (0.11 on a small model).
     """
     from onnxruntime.quantization import (CalibrationDataReader, CalibrationMethod, QuantFormat, QuantType,
                                           quantize_static)
 
-    nodes = static_conv_nodes(src)
+    nodes = static_conv_nodes(stream)
     if not nodes:
         return []
     # One stream of all calibration audio (short clips are fine), cut into equal pieces: the
     # percentile calibrator stacks the activations of every feed, so shapes must match.
-    x = np.concatenate([np.asarray(a, np.float32) for a in calibration]) if calibration else np.zeros(0, np.float32)
-    feeds: list[dict[str, np.ndarray]] = []
-    if cache.is_file():
-        pass
-    elif stream_inputs(src):
-        step = int(CALIB_STEP_S * sample_rate) // hop * hop
-        rows = [x[i:i + step + context] for i in range(0, len(x) - step - context + 1, step)]
-        bs = min(CALIB_BATCH, len(rows))
-        for i in range(0, len(rows) - bs + 1, bs) if bs else ():
-            b = np.stack(rows[i:i + bs])
-            z = np.zeros((lstm_layers, len(b), lstm_hidden), np.float32)
-            feeds.append({"audio": b, "h0": z, "c0": z})
-    else:
-        n = int(CALIB_WHOLE_S * sample_rate)
-        feeds = [{"audio": x[None, i:i + n]} for i in range(0, len(x) - n + 1, n)]
-    if not feeds and not cache.is_file():
+    x = np.concatenate([np.asarray(a, np.float32) for a in calibration])[: int(CALIB_MAX_S * sample_rate)] \
+        if calibration else np.zeros(0, np.float32)
+    step = int(CALIB_STEP_S * sample_rate) // hop * hop
+    rows = [x[i:i + step + context] for i in range(0, len(x) - step - context + 1, step)]
+    if not rows:
         raise QuantizationError(f"calibration audio too short: {len(x) / sample_rate:.1f} s, need at least "
-                                f"{max(CALIB_WHOLE_S, CALIB_STEP_S):g} s")
+                                f"{(step + context) / sample_rate:.1f} s")
+    bs = min(CALIB_BATCH, len(rows))
+    feeds = []
+    for i in range(0, len(rows) - bs + 1, bs):  # full batches only: the calibrator stacks them
+        z = np.zeros((lstm_layers, bs, lstm_hidden), np.float32)
+        feeds.append({"audio": np.stack(rows[i:i + bs]), "h0": z, "c0": z})
 
     class Reader(CalibrationDataReader):
         def __init__(self) -> None:
@@ -165,32 +153,24 @@ def quantize_static_convs(src: Path, dst: Path, calibration: Sequence[np.ndarray
 
     logging.disable(logging.WARNING)
     try:
-        with contextlib.redirect_stdout(io.StringIO()):  # the calibrator prints progress lines
-            quantize_static(src, dst, Reader(), quant_format=QuantFormat.QDQ, op_types_to_quantize=["Conv"],
-                            nodes_to_quantize=nodes, per_channel=True, activation_type=QuantType.QUInt8,
-                            weight_type=QuantType.QInt8, calibrate_method=CalibrationMethod.Percentile,
-                            calibration_providers=["CPUExecutionProvider"], calibration_cache_path=cache,
-                            # keep the ReLUs: onnxruntime fuses Conv+ReLU itself; folding them into
-                            # the quantization ranges moves the MaxPool onto slow uint8 kernels
-                            extra_options={"QDQKeepRemovableActivations": True,
-                                           "CalibPercentile": CALIB_PERCENTILE})
+        with tempfile.TemporaryDirectory(prefix=".cusemo-calib-", dir=out_stream.parent) as tmp, \
+                contextlib.redirect_stdout(io.StringIO()):  # the calibrator prints progress lines
+            cache = Path(tmp) / "ranges.json"
+            for src, dst, reader in ((stream, out_stream, Reader()), (whole, out_whole, None)):
+                quantize_static(src, dst, reader, quant_format=QuantFormat.QDQ, op_types_to_quantize=["Conv"],
+                                nodes_to_quantize=nodes, per_channel=True, activation_type=QuantType.QUInt8,
+                                weight_type=QuantType.QInt8, calibrate_method=CalibrationMethod.Percentile,
+                                calibration_providers=["CPUExecutionProvider"], calibration_cache_path=cache,
+                                # keep the ReLUs: onnxruntime fuses Conv+ReLU itself; folding them into
+                                # the quantization ranges moves the MaxPool onto slow uint8 kernels
+                                extra_options={"QDQKeepRemovableActivations": True,
+                                               "CalibPercentile": CALIB_PERCENTILE})
     except Exception as e:
         msg = str(e).strip().splitlines()[0][:200] if str(e).strip() else type(e).__name__
-        raise QuantizationError(f"static int8 quantization of {src.name} failed ({msg})") from None
+        raise QuantizationError(f"static int8 quantization failed ({msg})") from None
     finally:
         logging.disable(logging.NOTSET)
     return nodes
-
-
-def calibration_audio(items: Sequence[np.ndarray], sample_rate: int) -> list[np.ndarray]:
-    """At most ``CALIB_MAX_S`` seconds of the given audio, whole items first."""
-    out, total = [], 0
-    for x in items:
-        if total >= CALIB_MAX_S * sample_rate:
-            break
-        out.append(np.asarray(x, np.float32)[: int(CALIB_MAX_S * sample_rate) - total])
-        total += len(out[-1])
-    return out
 
 
 def load_validation(manifest: str | Path, sample_rate: int, norm: str) -> list[tuple[str, np.ndarray, dict[str, float]]]:

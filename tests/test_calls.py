@@ -1,7 +1,6 @@
 """Discovery of calls in every layout, and the discovery-time bad inputs."""
 
 import os
-import shutil
 from pathlib import Path
 
 import numpy as np

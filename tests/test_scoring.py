@@ -116,8 +116,9 @@ def test_batched_streaming_equals_one_by_one(plumbing_onnx):
 
     items = [SpeakerAudio(f"s{i}", rng.normal(0, 0.1, n).astype(np.float32), TimeMap.identity(n / 8000),
                           np.ones(n // 160, bool), n / 8000) for i, n in enumerate([8000 * 7 + 123, 4000, 8000 * 40])]
-    # fixed 3 s chunks; the default (16 s steps split over the rows: 5.3 s at batch 3); batches of 2
-    for opts in (ScoreOptions(chunk_s=3.0), ScoreOptions(), ScoreOptions(max_batch=2, step_s=1.0)):
+    # 3 s chunks (9 s steps over the 3 rows); the default (12 s steps: 4 s per row); batches of 2 with
+    # the 1 s minimum chunk
+    for opts in (ScoreOptions(step_s=9.0), ScoreOptions(), ScoreOptions(max_batch=2, step_s=1.0)):
         batched = Scorer(model, options=opts).infer(items)
         for it, got in zip(items, batched):
             alone = model.infer(it.audio)

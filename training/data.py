@@ -125,8 +125,7 @@ def make_segments(calls: list[CallData], indices: list[int], cfg: Config,
     for i in indices:
         n = valid_bins(calls[i], cfg.model.hop, cfg.model.sample_rate, bin_s)
         offset = int(rng.integers(0, per_seg)) if jitter and n > per_seg else 0
-        start = -offset if offset else 0
-        for b0 in range(start, n, per_seg):
+        for b0 in range(-offset, n, per_seg):
             lo, hi = max(b0, 0), min(b0 + per_seg, n)
             if jitter and hi - lo < min_bins:
                 continue

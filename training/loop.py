@@ -214,10 +214,11 @@ def train_seed(prep: Prepared, seed: int, out_dir: Path, log: Log = print,
         atomic_write_text(metrics_path, "\n".join(lines) + "\n")
         log(f"seed {seed} epoch {epoch}/{cfg.train.epochs}: loss {record['train_loss']:.4f}  "
             f"dev CCC valence {dev['valence']:.3f} arousal {dev['arousal']:.3f}  ({record['seconds']:.0f} s)")
-        if score > best and not collapsed(dev):
+        dead = collapsed(dev)
+        if score > best and not dead:
             best, best_epoch, stale = score, epoch, 0
             save_checkpoint(out_dir / "best.pt", model, {**meta, "epoch": epoch, "dev_ccc": _dims(dev)})
-        elif collapsed(dev) and restarts < cfg.train.collapse_restarts:
+        elif dead and restarts < cfg.train.collapse_restarts:
             restarts += 1
             lr *= cfg.train.collapse_lr_factor
             if best_epoch:
