@@ -55,14 +55,17 @@ class ScoreOptions:
     change_config: changes.ChangeConfig = field(default_factory=changes.ChangeConfig)
     # speed only:
     batch_seconds: float = 1800.0  # audio seconds (padded) per inference batch
-    # Batch rows, and audio per streaming step over all rows together. The first conv block writes
-    # 50 floats per input sample, so a 12 s step is ~19 MB of activations: small steps stay in cache,
-    # while a single long call still gets 12 s chunks (fewer, larger runs: the batch-1 LSTM is
-    # per-step overhead bound). Measured on 2 cores, 60 calls of 40-120 s in process, alternating
-    # runs: batch 8 x 10 s steps 5.6 s; 8 x 2 s 4.5-4.8 s; 16 x 1 s 5.0 s; 4 x 3 s 3.95-4.4 s (fewer
-    # rows also pad less: rows of one batch are the nearest lengths, still not equal).
+    # Batch rows, and audio per row per streaming step. Speed: the first conv block writes 50 floats
+    # per input sample, so small steps keep its output in cache (measured on 2 cores, 60 calls of
+    # 40-120 s: batch 8 x 10 s steps 5.6 s; 8 x 2 s 4.5-4.8 s; 16 x 1 s 5.0 s; 4 x 3 s 3.95-4.4 s;
+    # fewer rows also pad less), and with int8 convolutions a lone 2 h call runs as fast in 3 s
+    # chunks as in 12 s ones (5.2-5.4 s vs 4.9-5.1 s of inference). Accuracy: an int8 model
+    # quantizes activations per chunk (per row for the convolutions, per chunk for the dynamic
+    # LSTM), so longer chunks lose int8 resolution on quiet passages. Measured, embedded model vs
+    # its fp32 export on 9 calls, RMSE / SD of arousal (largest frame error): 3 s chunks 0.009
+    # (0.08); 6 s 0.012 (0.19); 12 s 0.021 (0.47); 60 s 0.107 (0.67).
     max_batch: int = 4
-    step_s: float = 12.0  # each row gets step_s / rows seconds per step, at least 1 s
+    chunk_s: float = 3.0  # audio per batch row per streaming step
     prefetch: int = 8  # calls decoded ahead of inference (overlaps decoding with ORT)
 
     def result_hash(self) -> str:
@@ -211,7 +214,7 @@ class Scorer:
                 batch = np.zeros((len(group), longest), np.float32)
                 for r, g in enumerate(group):
                     batch[r, : len(g.audio)] = g.audio
-            chunk_frames = max(1, int(max(1.0, o.step_s / len(group)) * m.frame_rate))
+            chunk_frames = max(1, int(o.chunk_s * m.frame_rate))
             stream = m.stream(batch=len(group), chunk_frames=chunk_frames)
             step = chunk_frames * m.hop
             parts = [stream.push(batch[:, s:s + step]) for s in range(0, longest, step)]

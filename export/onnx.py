@@ -228,12 +228,6 @@ def export_model(
                           f"(verified minimum .. the legacy exporter's maximum)")
     if quantize not in (None, "int8"):
         raise ExportError(f"unknown quantization {quantize!r}; only int8 is supported")
-    if calibration and meta.get("normalisation") == "none":
-        raise ExportError(
-            "static int8 convolutions need a level-normalised model (trained with normalisation = rms): "
-            "this one reads raw levels, and int8 ranges calibrated on speech at one level lose quieter "
-            "calls (measured on the default model: correlation with fp32 0.67 at -10 dB, 0 at -24 dB); "
-            "drop --calibration-audio for dynamic int8")
     name = out.name[: -len(".onnx")]
     md = build_metadata(model.config, meta, name=name, opset=opset)
     was_training = model.training
@@ -272,33 +266,35 @@ def _export(model: CRNN, md: dict[str, str], out: Path, out_stream: Path, *, ops
                     f"{r.max_abs_diff:.3g} > tolerance {r.tolerance:g}; nothing written")
         final = fp32
         if quantize == "int8":
-            from .quantize import (CALIB_MAX_S, QUANT_OPS, compare_quantized, load_validation, quantize_dynamic_pair,
-                                   quantize_static_pair)
+            from .quantize import (CALIB_MAX_S, QUANT_OPS, compare_quantized, load_validation, quantize_convs_pair,
+                                   quantize_dynamic_pair)
 
             c = model.config
             src_whole, src_stream = fp32, stream_path_for(fp32)
             calib = [x for _, x in _load_files(_audio_paths(calibration), c.sample_rate, md["normalisation"],
                                                CALIB_MAX_S)]
-            static: list[str] = []
+            convs: list[str] = []
             if calib:
                 s_whole, s_stream = tmp / "s.onnx", tmp / "s.stream.onnx"
-                static = quantize_static_pair(src_whole, src_stream, s_whole, s_stream, calib,
+                convs = quantize_convs_pair(src_whole, src_stream, s_whole, s_stream, calib,
                                               context=c.receptive_field - c.hop, hop=c.hop,
                                               sample_rate=c.sample_rate, lstm_layers=c.lstm_layers,
                                               lstm_hidden=c.lstm_hidden)
                 src_whole, src_stream = s_whole, s_stream
             calib_s = round(min(sum(map(len, calib)) / c.sample_rate, CALIB_MAX_S), 1)
-            if static:
-                log(f"static int8 convolutions {', '.join(static)} calibrated on {calib_s:.0f} s of audio")
+            if convs:
+                log(f"row-scaled int8 convolutions {', '.join(convs)} calibrated on {calib_s:.0f} s of audio")
+            else:
+                log("no --calibration-audio: the convolutions stay fp32 (dynamic int8 for MatMul/LSTM only)")
             q_whole, q_stream = tmp / "q.onnx", tmp / "q.stream.onnx"
             quantize_dynamic_pair(src_whole, src_stream, q_whole, q_stream)
-            scheme = {"dynamic": list(QUANT_OPS), "static": static, "calibration_s": calib_s}
+            scheme = {"dynamic": list(QUANT_OPS), "row_scaled_convs": convs, "calibration_s": calib_s}
             final = _stamp_pair(q_whole, q_stream, tmp / "int8" / out.name,
                                 {**md, "quantized": "int8", "quantization": json.dumps(scheme)})
             val = load_validation(validation, model.config.sample_rate, md["normalisation"]) if validation else []
             result.quantization = compare_quantized(Model(fp32, device="cpu"), Model(final, device="cpu"),
                                                     audios, val, log=log)
-            result.quantization.static_convs = tuple(static)
+            result.quantization.int8_convs = tuple(convs)
             result.quantization.calibration_seconds = calib_s
         # Stream first: the whole graph is the entry point and names the stream file's hash.
         for src, dst in ((stream_path_for(final), out_stream), (final, out)):

@@ -6,8 +6,7 @@
 Steps: bootstrap pseudo-calls from RAVDESS (`corpus from-categorical`, seed 0) -> train with the
 speaker-disjoint split of the recipe config (resumes if interrupted) -> pick the best seed on dev
 CCC -> export fp32 ONNX (parity-checked against torch on real test-split audio) and int8 (dynamic
-int8 LSTM/MatMul; plus static int8 convolutions calibrated on 20 training-split calls when the
-recipe normalises the input level) ->
+int8 LSTM/MatMul + row-scaled int8 convolutions calibrated on 20 training-split calls) ->
 compare int8 with fp32 on the test calls -> with --install, copy the model pair and checkpoint into
 cusemo_batch/models/ (the int8 pair) and write models/default.json (numbers that MODEL_CARD.md quotes).
 Needs the `train` extra. Budget on 2 cores: see MODEL_CARD.md.
@@ -64,13 +63,9 @@ def main() -> None:
     int8 = a.work / "int8" / "cusemo-default.onnx"  # same file names: this pair is what gets embedded
     check = [x for f in test_audio for x in ("--check-audio", f)]
     sh("export", str(best), "-o", str(fp32), *check)
-    # Static int8 convolutions (calibrated on training-split speech, never the test split) only for a
-    # level-normalised recipe: with raw input levels a fixed int8 range loses quiet calls, and
-    # `export` refuses (see export/quantize.py). The default recipe reads raw levels: dynamic int8.
-    calib: list[str] = []
-    if meta.get("normalisation") == "rms":
-        train_audio = sorted(str(corpus / "audio" / f"{cid}.flac") for cid, s in split.items() if s == "train")[:20]
-        calib = [x for f in train_audio for x in ("--calibration-audio", f)]
+    # int8 convolutions calibrated on training-split speech, never the test split
+    train_audio = sorted(str(corpus / "audio" / f"{cid}.flac") for cid, s in split.items() if s == "train")[:20]
+    calib = [x for f in train_audio for x in ("--calibration-audio", f)]
     sh("export", str(best), "-o", str(int8), "--quantize", "int8", "--no-check", *calib)
 
     from cusemo_batch.model import Model

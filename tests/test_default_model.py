@@ -47,6 +47,8 @@ def test_angry_scores_higher_arousal_than_neutral_on_unseen_actors(model, ravdes
 
 
 def test_export_without_checkpoint_reexports_the_default(tmp_path):
+    """The embedded int8 pair tracks the fp32 export of its checkpoint at the recorded level and
+    24 dB below it (row-scaled int8 convolutions: fixed int8 ranges lost all correlation there)."""
     pytest.importorskip("torch")
     r = CliRunner().invoke(main, ["export", "-o", str(tmp_path / "again.onnx"), "--no-check"])
     assert r.exit_code == 0, r.output
@@ -54,6 +56,13 @@ def test_export_without_checkpoint_reexports_the_default(tmp_path):
     x = load_audio(sorted((Path(__file__).resolve().parents[1] / "examples" / "calls").glob("*.flac"))[0], 8000)[:80000]
     ref = Model(DEFAULT_MODEL, device="cpu")
     assert again.quantized == "none" and ref.quantized == "int8"  # the embedded model is the int8 export
-    a, b = again.infer(x)["arousal"], ref.infer(x)["arousal"]
-    np.testing.assert_allclose(a, b, atol=0.02)  # int8 vs fp32 of the same checkpoint
-    assert np.corrcoef(a, b)[0, 1] > 0.999
+    assert ref.metadata["quantization"]["row_scaled_convs"] == ["/cnn/cnn.3/Conv", "/cnn/cnn.6/Conv"]
+    # int8 vs fp32 of the same checkpoint, run as the scorer runs them (3 s streaming chunks: int8
+    # activation scales are per chunk), at the recorded level and 24 dB below it. Measured on 9
+    # calls: largest single-frame error 0.08 (0.13 with the earlier dynamic-only int8), RMSE/SD 0.01.
+    for gain_db in (0, -24):
+        xg = (x * np.float32(10 ** (gain_db / 20))).astype(np.float32)
+        for head in ("valence", "arousal"):
+            a, b = again.infer_stream(xg)[head], ref.infer_stream(xg)[head]
+            assert np.sqrt(np.mean((a - b) ** 2)) < 0.01 and np.abs(a - b).max() < 0.05, (head, gain_db)
+            assert np.corrcoef(a, b)[0, 1] > 0.999, (head, gain_db)

@@ -116,9 +116,8 @@ def test_batched_streaming_equals_one_by_one(plumbing_onnx):
 
     items = [SpeakerAudio(f"s{i}", rng.normal(0, 0.1, n).astype(np.float32), TimeMap.identity(n / 8000),
                           np.ones(n // 160, bool), n / 8000) for i, n in enumerate([8000 * 7 + 123, 4000, 8000 * 40])]
-    # 3 s chunks (9 s steps over the 3 rows); the default (12 s steps: 4 s per row); batches of 2 with
-    # the 1 s minimum chunk
-    for opts in (ScoreOptions(step_s=9.0), ScoreOptions(), ScoreOptions(max_batch=2, step_s=1.0)):
+    # the default (3 s chunks, up to 4 rows); 4 s chunks; batches of 2 with 1 s chunks
+    for opts in (ScoreOptions(), ScoreOptions(chunk_s=4.0), ScoreOptions(max_batch=2, chunk_s=1.0)):
         batched = Scorer(model, options=opts).infer(items)
         for it, got in zip(items, batched):
             alone = model.infer(it.audio)

@@ -44,12 +44,11 @@ def _export_errors() -> tuple[type[BaseException], ...]:
                    "Default: CHECKPOINT's file stem + .onnx in the current directory.")
 @click.option("--opset", type=click.IntRange(min=17, max=20), default=17, show_default=True, help="ONNX opset.")
 @click.option("--quantize", type=click.Choice(["int8"]),
-              help="int8: dynamic for MatMul/LSTM weights; with --calibration-audio also static int8 "
-                   "convolutions (level-normalised models only).")
+              help="int8: dynamic for MatMul/LSTM weights; with --calibration-audio also int8 "
+                   "convolutions (row-scaled: any input level), ~1.3x faster end to end.")
 @click.option("--calibration-audio", multiple=True, type=click.Path(exists=True, path_type=Path),
-              help="With --quantize, for models trained with normalisation = rms: real speech (files or "
-                   "folders; training audio, not the test set) to calibrate static int8 convolutions. "
-                   "Repeatable; up to 600 s are used.")
+              help="With --quantize: real speech (files or folders; training audio, not the test set) to "
+                   "calibrate the int8 convolutions' output ranges. Repeatable; up to 600 s are used.")
 @click.option("--no-check", is_flag=True, help="Skip the onnxruntime-vs-torch parity check.")
 @click.option("--check-audio", multiple=True, type=click.Path(exists=True, path_type=Path),
               help="Real audio (files or folders) for the parity check, besides random signals. Repeatable.")
@@ -102,8 +101,8 @@ def export_cmd(checkpoint: Path | None, output: Path | None, opset: int, quantiz
 
 
 def _print_quant(rep) -> None:  # rep: cusemo_batch.export.quantize.QuantReport
-    ops = ", ".join(rep.ops) + (f"; static {', '.join(rep.static_convs)} calibrated on {rep.calibration_seconds:.0f} s"
-                                if rep.static_convs else "")
+    ops = ", ".join(rep.ops) + (f"; row-scaled {', '.join(rep.int8_convs)} calibrated on {rep.calibration_seconds:.0f} s"
+                                if rep.int8_convs else "")
     t = Table(title=f"int8 vs fp32 (quantized: {ops})")
     for col in ("head", "agreement CCC", "CCC fp32", "CCC int8", "change"):
         t.add_column(col, justify="right" if col != "head" else "left")
