@@ -347,6 +347,19 @@ def test_cli_export_and_info(trained, tmp_path):
         assert s in r.stdout
 
 
+def test_cli_export_int8_with_calibration(trained, ravdess_dir, tmp_path):
+    files = sorted((ravdess_dir / "audio").glob("*.flac"))[::97][:12]
+    out = tmp_path / "cli8.onnx"
+    args = ["export", str(trained[1]), "-o", str(out), "--no-check", "--quantize", "int8"]
+    r = CliRunner().invoke(main, args + [x for f in files for x in ("--calibration-audio", str(f))])
+    assert r.exit_code == 0, r.output
+    assert "row-scaled /cnn/cnn.3/Conv, /cnn/cnn.6/Conv calibrated on" in r.stdout and "agreement CCC" in r.stdout
+    assert Model(out, device="cpu").metadata["quantization"]["row_scaled_convs"] == ["/cnn/cnn.3/Conv", "/cnn/cnn.6/Conv"]
+    _one_line_error(CliRunner().invoke(main, ["export", str(trained[1]), "-o", str(tmp_path / "x.onnx"),
+                                              "--calibration-audio", str(files[0])]),
+                    "--calibration-audio only applies with --quantize")
+
+
 def test_cli_corrupt_and_wrong_checkpoints(trained, tmp_path):
     corrupt = tmp_path / "corrupt.pt"
     corrupt.write_bytes(trained[1].read_bytes()[:5000])
