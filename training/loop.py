@@ -18,7 +18,7 @@ import math
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable
+from typing import Callable, Sequence
 
 import numpy as np
 import torch
@@ -51,9 +51,12 @@ class Prepared:
         return [i for i, c in enumerate(self.calls) if self.split[c.call_id] == name]
 
 
-def prepare(corpus_dir: str | Path, cfg: Config) -> Prepared:
+def prepare(corpus_dir: str | Path, cfg: Config, calls: Sequence[str] | None = None) -> Prepared:
+    """Read and decode the corpus once; ``calls`` restricts it to those call ids (a selection)."""
     cfg = cfg.resolved()
     corpus = read_corpus(corpus_dir, min_annotators=cfg.data.min_annotators)
+    if calls is not None:
+        corpus.calls = select_calls(corpus, calls)
     if cfg.data.max_calls and cfg.data.max_calls < len(corpus.calls):
         keep = np.random.default_rng(cfg.data.split_seed).choice(len(corpus.calls), cfg.data.max_calls, replace=False)
         corpus.calls = [corpus.calls[i] for i in sorted(keep)]
@@ -61,6 +64,41 @@ def prepare(corpus_dir: str | Path, cfg: Config) -> Prepared:
     names = split_groups([c.group for c in calls], cfg.data.split, cfg.data.split_seed)
     split = {c.call_id: n for c, n in zip(calls, names)}
     return Prepared(cfg, corpus, calls, split, data_hash(corpus))
+
+
+def select_calls(corpus: Corpus, call_ids: Sequence[str]) -> list:
+    """The corpus calls named in ``call_ids`` (e.g. ``prepare select``'s list), in corpus order.
+
+    Every id must be in the corpus: a selection made on another corpus (or a typo) is an error,
+    not a silently smaller training set.
+    """
+    wanted = list(dict.fromkeys(str(c).strip() for c in call_ids if str(c).strip()))
+    if not wanted:
+        raise ValueError("the call list is empty: nothing to train on")
+    known = {c.call_id for c in corpus.calls}
+    missing = [c for c in wanted if c not in known]
+    if missing:
+        raise ValueError(f"{len(missing)} listed call(s) not in the corpus (or dropped by its checks): "
+                         f"{', '.join(missing[:5])}{' ...' if len(missing) > 5 else ''}")
+    keep = set(wanted)
+    return [c for c in corpus.calls if c.call_id in keep]
+
+
+def read_call_list(path: str | Path) -> list[str]:
+    """Call ids from a CSV or Parquet with a ``call_id`` column, or a text file with one id per line."""
+    import polars as pl
+
+    path = Path(path)
+    if path.suffix.lower() in (".csv", ".parquet"):
+        try:
+            df = pl.read_parquet(path) if path.suffix.lower() == ".parquet" else pl.read_csv(path, infer_schema=False)
+        except Exception as e:
+            raise ValueError(f"{path}: cannot read the call list ({str(e).strip().splitlines()[0][:160]})") from None
+        if "call_id" not in df.columns:
+            raise ValueError(f"{path}: no call_id column (columns: {', '.join(df.columns)})")
+        return df["call_id"].cast(pl.Utf8).to_list()
+    return [line.strip() for line in path.read_text(encoding="utf-8").splitlines()
+            if line.strip() and not line.startswith("#")]
 
 
 class Pooler:
@@ -272,14 +310,19 @@ def summarise(results: list[dict]) -> dict:
 
 
 def run_training(corpus_dir: str | Path, cfg: Config, out_dir: str | Path, log: Log = print,
-                 progress_factory=None) -> dict:
-    """Train every seed of ``cfg`` (skipping seeds already finished in ``out_dir``) and summarise."""
+                 progress_factory=None, calls: Sequence[str] | None = None) -> dict:
+    """Train every seed of ``cfg`` (skipping seeds already finished in ``out_dir``) and summarise.
+
+    ``calls`` restricts training, dev and test to those call ids (``train --calls``); the data
+    hash then covers only them, so resuming with another selection is refused.
+    """
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     t0 = time.perf_counter()
-    prep = prepare(corpus_dir, cfg)
+    prep = prepare(corpus_dir, cfg, calls)
     config_record = {"config": prep.cfg.to_dict(), "corpus": str(Path(corpus_dir).resolve()),
-                     "data_sha256": prep.data_sha256}
+                     "data_sha256": prep.data_sha256,
+                     "selected_calls": None if calls is None else len(prep.calls)}
     cfg_path = out_dir / "config.json"
     if cfg_path.is_file():
         previous = json.loads(cfg_path.read_text())
