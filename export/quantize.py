@@ -58,10 +58,10 @@ from cusemo_batch.metrics import ccc
 from cusemo_batch.model import Model
 from cusemo_batch.training.categorical import DEFAULT_INTENSITY, DEFAULT_MAP
 
-# Which ops to quantize. Measured (paper sizes, 300 s, 2 threads, onnxruntime 1.31): fp32 0.44 s;
-# MatMul+LSTM 0.37 s; MatMul only 0.45 s; all ops incl. Conv (ConvInteger) 1.2 s -- the int8 conv
-# kernels are 3x slower than the fp32 ones here and the first conv has a single input channel,
-# so Conv stays fp32.
+# Which ops to quantize dynamically. Measured (paper sizes, 300 s, 2 threads, onnxruntime 1.31):
+# fp32 0.44 s; MatMul+LSTM 0.37 s; MatMul only 0.45 s; all ops incl. Conv (ConvInteger) 1.2 s --
+# onnxruntime's dynamic int8 conv is 3x slower than fp32 here (and shares one scale per batch), so
+# the convs get the row-scaled scheme of quantize_convs_pair instead.
 QUANT_OPS = ("MatMul", "LSTM")
 QUANT_CHUNK_FRAMES = 320
 CALIB_PERCENTILE = 99.99  # conv output range: 0.01th..99.99th percentile (clicks do not widen it)
@@ -69,7 +69,6 @@ CALIB_STEP_S = 3.0  # calibration inputs look like the scorer's streaming steps:
 CALIB_BATCH = 4
 CALIB_SUBSAMPLE = 7  # keep every 7th activation for the percentiles (memory)
 CALIB_MAX_S = 600.0  # calibration audio used at most (ranges settle long before)
-
 
 
 class QuantizationError(Exception):
