@@ -9,7 +9,8 @@ metadata are documented in :mod:`cusemo_batch.model`, which is also what reads t
    inference, and insist the batch/time axes stayed symbolic;
 3. parity check (default on): onnxruntime vs torch eager on random and real audio at odd lengths,
    batch 1 and a zero-padded batch of 3, plus chunked streaming vs one pass; fail above tolerance;
-4. optional dynamic int8 quantization (:mod:`cusemo_batch.export.quantize`) with its report;
+4. optional int8 quantization (:mod:`cusemo_batch.export.quantize`: dynamic LSTM/MatMul,
+   row-scaled convolutions) with its report;
 5. write the stream file, then the whole file that names it and its sha256, each atomically.
 
 Exporter choice (measured on the pinned torch 2.13.0+cpu, onnx 1.23, onnxruntime 1.31, paper
