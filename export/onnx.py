@@ -278,14 +278,15 @@ def _export(model: CRNN, md: dict[str, str], out: Path, out_stream: Path, *, ops
             if calib:
                 s_whole, s_stream = tmp / "s.onnx", tmp / "s.stream.onnx"
                 convs = quantize_convs_pair(src_whole, src_stream, s_whole, s_stream, calib,
-                                              context=c.receptive_field - c.hop, hop=c.hop,
-                                              sample_rate=c.sample_rate, lstm_layers=c.lstm_layers,
-                                              lstm_hidden=c.lstm_hidden)
-                src_whole, src_stream = s_whole, s_stream
+                                            context=c.receptive_field - c.hop, hop=c.hop,
+                                            sample_rate=c.sample_rate, lstm_layers=c.lstm_layers,
+                                            lstm_hidden=c.lstm_hidden)
+                if convs:  # written only when there was a conv block to quantize
+                    src_whole, src_stream = s_whole, s_stream
             calib_s = round(min(sum(map(len, calib)) / c.sample_rate, CALIB_MAX_S), 1)
             if convs:
                 log(f"row-scaled int8 convolutions {', '.join(convs)} calibrated on {calib_s:.0f} s of audio")
-            else:
+            elif not calib:
                 log("no --calibration-audio: the convolutions stay fp32 (dynamic int8 for MatMul/LSTM only)")
             q_whole, q_stream = tmp / "q.onnx", tmp / "q.stream.onnx"
             quantize_dynamic_pair(src_whole, src_stream, q_whole, q_stream)

@@ -241,6 +241,8 @@ def quantize_convs_pair(whole: Path, stream: Path, out_whole: Path, out_stream: 
     import onnx
     import onnxruntime as ort
 
+    if len(conv_blocks(onnx.load(str(stream), load_external_data=False).graph)) < 2:
+        return []  # a single conv block: it reads the waveform and stays fp32
     x = np.concatenate([np.asarray(a, np.float32) for a in calibration])[: int(CALIB_MAX_S * sample_rate)] \
         if calibration else np.zeros(0, np.float32)
     step = int(CALIB_STEP_S * sample_rate) // hop * hop

@@ -299,6 +299,20 @@ def test_int8_row_scaled_convs_follow_any_input_level(exported, ravdess_dir, tmp
     assert not (tmp_path / "short.onnx").exists()
 
 
+def test_int8_single_conv_block_keeps_its_conv_fp32(ravdess_dir, tmp_path):
+    """The first conv reads the waveform and stays fp32; a one-block model has nothing to row-scale."""
+    torch.manual_seed(0)
+    model = CRNN(ModelConfig(conv_channels=(8,), conv_kernels=(8,), pool_sizes=(250,), lstm_hidden=16,
+                             mlp_sizes=(16,))).eval()
+    calib = sorted((ravdess_dir / "audio").glob("*.flac"))[::97][:8]
+    q = export_model(model, {**META, "normalisation": "none"}, tmp_path / "one.onnx", quantize="int8",
+                     calibration=calib, check=False)
+    assert q.quantization.int8_convs == ()
+    m = Model(q.path, device="cpu")
+    assert m.metadata["quantization"]["row_scaled_convs"] == []
+    assert np.isfinite(m.infer_stream(real_audio(ravdess_dir, 4.0))["valence"]).all()
+
+
 def _short_clip(ravdess_dir: Path, tmp_path: Path) -> Path:
     import soundfile as sf
 
