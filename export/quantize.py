@@ -64,7 +64,7 @@ from cusemo_batch.training.categorical import DEFAULT_INTENSITY, DEFAULT_MAP
 # the convs get the row-scaled scheme of quantize_convs_pair instead.
 QUANT_OPS = ("MatMul", "LSTM")
 QUANT_CHUNK_FRAMES = 320
-CALIB_PERCENTILE = 99.99  # conv output range: 0.01th..99.99th percentile (clicks do not widen it)
+CALIB_PERCENTILE = 99.999  # conv output range: 0.001th..99.999th percentile (a few clicks do not widen it)
 CALIB_STEP_S = 3.0  # calibration inputs look like the scorer's streaming steps: rows of 3 s
 CALIB_BATCH = 4
 CALIB_SUBSAMPLE = 7  # keep every 7th activation for the percentiles (memory)
@@ -135,11 +135,15 @@ def conv_blocks(graph) -> list[tuple]:
     return blocks
 
 
-def _row_scaled_block(conv, pool, inits: dict, opset: int, y_range: tuple[float, float] | None):
+def _row_scaled_block(conv, pool, inits: dict, opset: int, d_in: np.ndarray,
+                      y_range: tuple[float, float] | None):
     """Nodes and initializers replacing one ``Conv -> Relu -> MaxPool`` block (see the module doc).
 
-    ``y_range=None`` builds the fp32 *probe* of the block instead: the same per-row normalisation
-    with a float conv, whose normalised output ``{prefix}_y`` calibration reads.
+    ``d_in`` is the block's input at digital silence (per channel, from the biases upstream): it
+    is subtracted before quantization and added back through the bias, so the int8 range covers
+    the signal, not the constant the biases put under it. ``y_range=None`` builds the fp32
+    *probe* of the block instead: the same arithmetic with a float conv, whose normalised output
+    ``{prefix}_y`` calibration reads.
     """
     from onnx import helper, numpy_helper
 
@@ -151,18 +155,23 @@ def _row_scaled_block(conv, pool, inits: dict, opset: int, y_range: tuple[float,
     pool_attrs = {a.name: helper.get_attribute_value(a) for a in pool.attribute}
     if any(pool_attrs.get("pads", [])) or pool_attrs.get("ceil_mode", 0):
         raise QuantizationError(f"{pool.name}: padded or ceil-mode max-pool cannot run before the bias")
+    # conv(x) + b = conv(x - d) + (b + conv(d)); conv of a per-channel constant is a per-output constant
+    b_eff = b + np.einsum("ock,c->o", W, d_in.astype(np.float32))
     arr = numpy_helper.from_array
-    inits_out = [arr(np.array(1e-12, np.float32), p + "_eps"), arr(b.reshape(1, -1, 1), p + "_b"),
+    inits_out = [arr(np.array(1e-12, np.float32), p + "_eps"), arr(b_eff.reshape(1, -1, 1).astype(np.float32), p + "_b"),
+                 arr(d_in.reshape(1, -1, 1).astype(np.float32), p + "_d"),
                  arr(np.array([-1, 1, 1], np.int64), p + "_shape")]
+    nodes = [helper.make_node("Sub", [x, p + "_d"], [p + "_xs"]),
+             helper.make_node("Abs", [p + "_xs"], [p + "_xa"])]
     if opset >= 18:  # axes became an input of ReduceMax in opset 18
         inits_out.append(arr(np.array([1, 2], np.int64), p + "_axes"))
-        nodes = [helper.make_node("ReduceMax", [x, p + "_axes"], [p + "_a0"], keepdims=0)]
+        nodes.append(helper.make_node("ReduceMax", [p + "_xa", p + "_axes"], [p + "_a0"], keepdims=0))
     else:
-        nodes = [helper.make_node("ReduceMax", [x], [p + "_a0"], axes=[1, 2], keepdims=0)]
-    nodes += [helper.make_node("Max", [p + "_a0", p + "_eps"], [p + "_a"]),  # silent rows: a = eps, x = 0
+        nodes.append(helper.make_node("ReduceMax", [p + "_xa"], [p + "_a0"], axes=[1, 2], keepdims=0))
+    nodes += [helper.make_node("Max", [p + "_a0", p + "_eps"], [p + "_a"]),  # silent rows: a = eps, x - d = 0
               helper.make_node("Reshape", [p + "_a", p + "_shape"], [p + "_a3"])]
     if y_range is None:
-        nodes += [helper.make_node("Div", [x, p + "_a3"], [p + "_xn"]),
+        nodes += [helper.make_node("Div", [p + "_xs", p + "_a3"], [p + "_xn"]),
                   helper.make_node("Conv", [p + "_xn", w_name], [p + "_y"], name=conv.name, **conv_attrs),
                   helper.make_node("Mul", [p + "_y", p + "_a3"], [p + "_ys"]),
                   helper.make_node("Add", [p + "_ys", p + "_b"], [p + "_yb"]),
@@ -174,12 +183,18 @@ def _row_scaled_block(conv, pool, inits: dict, opset: int, y_range: tuple[float,
     lo, hi = min(y_range[0], 0.0), max(y_range[1], 0.0)
     sy = max(hi - lo, 1e-6) / 255.0
     zy = int(np.clip(round(-lo / sy), 0, 255))
-    inits_out += [arr(np.array(1 / 255, np.float32), p + "_sx"), arr(np.array(0, np.uint8), p + "_zx"),
+    inits_out += [arr(np.array(1 / 127, np.float32), p + "_sx"), arr(np.array(128, np.uint8), p + "_zx"),
+                  arr(np.array(0.0, np.float32), p + "_zero"), arr(np.array(128.0, np.float32), p + "_128"),
                   arr(wq, p + "_wq"), arr(sw.astype(np.float32), p + "_sw"), arr(np.zeros(len(W), np.int8), p + "_zw"),
                   arr(np.array(sy, np.float32), p + "_sy"), arr(np.array(zy, np.uint8), p + "_zy")]
     nodes += [
+        # x - d lies in [-a, a]: uint8 with zero point 128, one scale per row (zero points per row too,
+        # as QuantizeLinear wants them shaped like the scales)
         helper.make_node("Mul", [p + "_a", p + "_sx"], [p + "_sxa"]),
-        helper.make_node("QuantizeLinear", [x, p + "_sxa"], [p + "_xq"], axis=0),  # per-row scale
+        helper.make_node("Mul", [p + "_a", p + "_zero"], [p + "_z0"]),
+        helper.make_node("Add", [p + "_z0", p + "_128"], [p + "_z1"]),
+        helper.make_node("Cast", [p + "_z1"], [p + "_zxa"], to=2),  # uint8
+        helper.make_node("QuantizeLinear", [p + "_xs", p + "_sxa", p + "_zxa"], [p + "_xq"], axis=0),
         helper.make_node("DequantizeLinear", [p + "_xq", p + "_sx", p + "_zx"], [p + "_xd"]),
         helper.make_node("DequantizeLinear", [p + "_wq", p + "_sw", p + "_zw"], [p + "_wd"], axis=0),
         helper.make_node("Conv", [p + "_xd", p + "_wd"], [p + "_y"], name=conv.name, **conv_attrs),
@@ -193,6 +208,28 @@ def _row_scaled_block(conv, pool, inits: dict, opset: int, y_range: tuple[float,
     return nodes, inits_out
 
 
+def silence_inputs(graph, inits: dict) -> list[np.ndarray]:
+    """Per conv block, its input at digital silence (zero waveform), per channel.
+
+    Block 1 reads the (zero) waveform; block ``i`` reads ``maxpool(relu(conv_i-1(d) + b))`` of the
+    constant ``d`` before it, i.e. ``relu(sum_k W . d + b)`` per channel (the convolutions are
+    unpadded, so a constant input gives a constant output).
+    """
+    from onnx import numpy_helper
+
+    blocks = conv_blocks(graph)
+    out, d = [], None
+    for i, (conv, _, pool) in enumerate(blocks):
+        if i and conv.input[0] != blocks[i - 1][2].output[0]:
+            raise QuantizationError(f"conv {conv.name} does not read the previous block's max-pool")
+        W = numpy_helper.to_array(inits[conv.input[1]]).astype(np.float64)
+        b = numpy_helper.to_array(inits[conv.input[2]]).astype(np.float64)
+        d = np.zeros(W.shape[1]) if d is None else d
+        out.append(d.astype(np.float32))
+        d = np.maximum(np.einsum("ock,c->o", W, d) + b, 0.0)
+    return out
+
+
 def _rewrite_convs(model, ranges: dict[str, tuple[float, float]] | None):
     """Replace every conv block after the first (in place); returns (model, probe output names)."""
     from onnx import TensorProto, helper
@@ -201,11 +238,13 @@ def _rewrite_convs(model, ranges: dict[str, tuple[float, float]] | None):
     opset = next((o.version for o in model.opset_import if o.domain in ("", "ai.onnx")), 17)
     inits = {i.name: i for i in g.initializer}
     blocks = conv_blocks(g)[1:]
+    silence = silence_inputs(g, inits)[1:]
     replaced: dict[int, list] = {}
     dropped: set[int] = set()
     new_inits, probes = [], []
-    for conv, relu, pool in blocks:
-        nodes, more = _row_scaled_block(conv, pool, inits, opset, None if ranges is None else ranges[conv.name])
+    for (conv, relu, pool), d_in in zip(blocks, silence):
+        nodes, more = _row_scaled_block(conv, pool, inits, opset, d_in,
+                                        None if ranges is None else ranges[conv.name])
         replaced[id(pool)] = nodes
         dropped |= {id(conv), id(relu)}
         new_inits += more
