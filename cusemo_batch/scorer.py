@@ -61,8 +61,8 @@ class ScoreOptions:
     # fewer rows also pad less), and with int8 convolutions a lone 2 h call runs as fast in 3 s
     # chunks as in 12 s ones (5.2-5.4 s vs 4.9-5.1 s of inference). Accuracy: an int8 model
     # quantizes activations per chunk (per row for the convolutions, per chunk for the dynamic
-    # LSTM), so longer chunks lose int8 resolution on quiet passages. Measured, embedded model vs
-    # its fp32 export on 9 calls, RMSE / SD of arousal (largest frame error): 3 s chunks 0.009
+    # LSTM), so longer chunks lose int8 resolution on quiet passages. Measured, previous default
+    # model vs its fp32 export on 9 calls, RMSE / SD of arousal (largest frame error): 3 s chunks 0.009
     # (0.08); 6 s 0.012 (0.19); 12 s 0.021 (0.47); 60 s 0.107 (0.67).
     max_batch: int = 4
     chunk_s: float = 3.0  # audio per batch row per streaming step
