@@ -47,6 +47,30 @@ def tiny_corpus(tmp_path_factory, ravdess_manifest: Path) -> Path:
     return out
 
 
+@pytest.fixture
+def tiny_train_config(tmp_path):
+    """Write a TOML config for a small CRNN trained briefly on ``tiny_corpus``; returns its path."""
+
+    def make(epochs: int, seeds: tuple[int, ...]) -> Path:
+        path = tmp_path / f"tiny_{epochs}_{'_'.join(map(str, seeds))}.toml"
+        path.write_text(f"""
+[model]
+conv_channels = [8, 16, 16]
+lstm_hidden = 32
+mlp_sizes = [32, 16]
+[data]
+segment_s = 20
+split = [0.34, 0.33, 0.33]
+[train]
+epochs = {epochs}
+seeds = [{", ".join(map(str, seeds))}]
+lr = 1e-3
+""")
+        return path
+
+    return make
+
+
 @pytest.fixture(scope="session")
 def plumbing_onnx(tmp_path_factory) -> Path:
     """A small, *untrained* CRNN exported to ONNX: for testing the scoring plumbing (formats,

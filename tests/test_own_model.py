@@ -16,27 +16,13 @@ from click.testing import CliRunner
 from cusemo_batch.cli import main
 from cusemo_batch.model import Model
 
-TINY = """
-[model]
-conv_channels = [8, 16, 16]
-lstm_hidden = 32
-mlp_sizes = [32, 16]
-[data]
-segment_s = 20
-split = [0.34, 0.33, 0.33]
-[train]
-epochs = 1
-seeds = [5]
-lr = 1e-3
-"""
-
 
 def _ok(result) -> str:
     assert result.exit_code == 0, result.output
     return result.output
 
 
-def test_own_annotations_select_train_export_score(tiny_corpus: Path, tmp_path: Path):
+def test_own_annotations_select_train_export_score(tiny_corpus: Path, tmp_path: Path, tiny_train_config):
     runner = CliRunner()
     _ok(runner.invoke(main, ["corpus", "check", str(tiny_corpus)]))
     _ok(runner.invoke(main, ["prepare", "agreement", str(tiny_corpus), "--out", str(tmp_path / "agr"), "--no-plots"]))
@@ -52,8 +38,7 @@ def test_own_annotations_select_train_export_score(tiny_corpus: Path, tmp_path: 
     selected = pl.read_csv(tmp_path / "sel" / "selected.csv")["call_id"].to_list()
     assert 3 <= len(selected) < 9
 
-    cfg = tmp_path / "tiny.toml"
-    cfg.write_text(TINY)
+    cfg = tiny_train_config(epochs=1, seeds=(5,))
     run = tmp_path / "run"
     out = _ok(runner.invoke(main, ["train", str(tiny_corpus), "--out", str(run), "--config", str(cfg),
                                    "--calls", str(tmp_path / "sel" / "selected.csv")]))
@@ -80,11 +65,10 @@ def test_own_annotations_select_train_export_score(tiny_corpus: Path, tmp_path: 
     assert ts.height > 0 and ts["valence"].drop_nulls().len() > 0
 
 
-def test_train_call_list_must_name_corpus_calls(tiny_corpus: Path, tmp_path: Path):
+def test_train_call_list_must_name_corpus_calls(tiny_corpus: Path, tmp_path: Path, tiny_train_config):
     ids = tmp_path / "ids.txt"
     ids.write_text("# calls to keep\nnot_a_call\n")
-    cfg = tmp_path / "tiny.toml"
-    cfg.write_text(TINY)
+    cfg = tiny_train_config(epochs=1, seeds=(5,))
     r = CliRunner().invoke(main, ["train", str(tiny_corpus), "--out", str(tmp_path / "run"), "--config", str(cfg),
                                   "--calls", str(ids)])
     assert r.exit_code == 2

@@ -79,21 +79,8 @@ def test_aux_heads_and_eq3_in_batch_loss(tiny_corpus):
     assert float(loss.detach()) == pytest.approx(expected, rel=1e-5)
 
 
-def test_cli_train_evaluate_and_resume(tiny_corpus, tmp_path):
-    cfg = tmp_path / "tiny.toml"
-    cfg.write_text("""
-[model]
-conv_channels = [8, 16, 16]
-lstm_hidden = 32
-mlp_sizes = [32, 16]
-[data]
-segment_s = 20
-split = [0.34, 0.33, 0.33]
-[train]
-epochs = 2
-seeds = [7, 8]
-lr = 1e-3
-""")
+def test_cli_train_evaluate_and_resume(tiny_corpus, tmp_path, tiny_train_config):
+    cfg = tiny_train_config(epochs=2, seeds=(7, 8))
     run = tmp_path / "run"
     runner = CliRunner()
     r = runner.invoke(main, ["train", str(tiny_corpus), "--out", str(run), "--config", str(cfg)])
