@@ -191,3 +191,33 @@ def test_warmup_scales_the_first_steps(tiny_corpus, tmp_path):
     full, warm = drift(0), drift(10**6)
     assert full > 1e-4  # two Adam steps at lr 1e-3 move weights by ~2e-3
     assert warm < full * 1e-3  # the same two steps at lr 1e-3 * (1..2)/1e6
+
+
+def test_lstm_lr_factor_slows_only_the_lstm(tiny_corpus, tmp_path):
+    from cusemo_batch.training.loop import train_seed
+
+    torch.set_num_threads(1)
+
+    def drifts(factor: float) -> tuple[float, float]:
+        cfg = Config().with_overrides(model=SMALL, data={"segment_s": 10, "split": [1 / 3, 1 / 3, 1 / 3]},
+                                      train={"lr": 1e-3, "epochs": 1, "seeds": [0], "lstm_lr_factor": factor,
+                                             "max_batches_per_epoch": 2})
+        run = tmp_path / f"f{factor}"
+        train_seed(prepare(tiny_corpus, cfg), 0, run, log=lambda m: None)
+        trained = load_checkpoint(run / "best.pt")[0]
+        torch.manual_seed(0)
+        init = CRNN(trained.config)
+        with torch.no_grad():
+            def d(a, b):
+                return max(float((x - y).abs().max()) for x, y in zip(a.parameters(), b.parameters()))
+            return d(trained.lstm, init.lstm), d(trained.cnn, init.cnn)
+
+    lstm_full, cnn_full = drifts(1.0)
+    lstm_slow, cnn_slow = drifts(1e-4)
+    assert lstm_full > 1e-4 and lstm_slow < lstm_full * 1e-2  # Adam steps scale with the lr
+    assert cnn_slow > 0.5 * cnn_full  # the rest of the network trains as before
+
+
+def test_lstm_lr_factor_is_validated():
+    with pytest.raises(ConfigError, match="lstm_lr_factor"):
+        Config().with_overrides(train={"lstm_lr_factor": 0.0}).resolved()

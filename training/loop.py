@@ -187,6 +187,16 @@ def collapsed(metrics: dict) -> bool:
     return dead("valence") and dead("arousal")
 
 
+def _optimizer(model: CRNN, lr: float, lstm_lr_factor: float) -> torch.optim.Adam:
+    """Adam with the LSTM in its own parameter group (``lr_factor`` scales its learning rate)."""
+    lstm = list(model.lstm.parameters())
+    ids = {id(p) for p in lstm}
+    return torch.optim.Adam([
+        {"params": [p for p in model.parameters() if id(p) not in ids], "lr": lr, "lr_factor": 1.0},
+        {"params": lstm, "lr": lr * lstm_lr_factor, "lr_factor": lstm_lr_factor},
+    ], lr=lr)
+
+
 def _select(metrics: dict, on: str) -> float:
     v = (metrics["valence"] + metrics["arousal"]) / 2 if on == "mean" else metrics[on]
     return v if math.isfinite(v) else -1.0
@@ -203,7 +213,7 @@ def train_seed(prep: Prepared, seed: int, out_dir: Path, log: Log = print,
         torch.set_num_threads(cfg.train.threads)
     model = CRNN(cfg.model)
     lr = cfg.train.lr
-    opt = torch.optim.Adam(model.parameters(), lr=lr)
+    opt = _optimizer(model, lr, cfg.train.lstm_lr_factor)
     step = 0
     pool = Pooler(1 / cfg.model.frame_rate, cfg.data.label_rate_ms / 1000)
     train_idx, dev_idx, test_idx = prep.indices("train"), prep.indices("dev"), prep.indices("test")
@@ -240,7 +250,8 @@ def train_seed(prep: Prepared, seed: int, out_dir: Path, log: Log = print,
                 torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.train.grad_clip)
             step += 1
             for group in opt.param_groups:
-                group["lr"] = lr * min(1.0, step / cfg.train.warmup_steps) if cfg.train.warmup_steps else lr
+                warm = min(1.0, step / cfg.train.warmup_steps) if cfg.train.warmup_steps else 1.0
+                group["lr"] = group["lr_factor"] * lr * warm
             opt.step()
             losses.append(float(loss.detach()))
             progress(1)
@@ -263,7 +274,7 @@ def train_seed(prep: Prepared, seed: int, out_dir: Path, log: Log = print,
                 model.load_state_dict(load_checkpoint(out_dir / "best.pt")[0].state_dict())
             else:
                 model = CRNN(cfg.model)  # collapsed before any usable epoch: fresh weights
-            opt = torch.optim.Adam(model.parameters(), lr=lr)
+            opt = _optimizer(model, lr, cfg.train.lstm_lr_factor)
             step, stale = 0, 0
             log(f"seed {seed} epoch {epoch}: dev predictions collapsed (constant, diverged or uncorrelated); restart {restarts}/"
                 f"{cfg.train.collapse_restarts} from epoch {best_epoch or 'init'} with lr {lr:g}")
