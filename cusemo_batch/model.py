@@ -36,9 +36,10 @@ log = logging.getLogger(__name__)
 
 FORMAT = "cusemo-onnx/1"
 DEVICES = ("auto", "cpu", "cuda")
-# Three seconds per streaming step at 32 frames/s: int8 models quantize activations per chunk, and
-# longer chunks lose resolution on quiet passages (numbers at ScoreOptions.chunk_s in scorer.py).
-DEFAULT_CHUNK_FRAMES = 32 * 3
+# Audio per streaming step (per batch row). int8 models quantize activations per chunk, and longer
+# chunks lose resolution on quiet passages; the scorer and the int8 calibration use the same value
+# (measurements at ScoreOptions.chunk_s in scorer.py).
+DEFAULT_CHUNK_S = 3.0
 # Keys the runtime relies on; export writes more (training data, CCC, versions, dates...).
 REQUIRED_KEYS = (
     "format", "name", "version", "graph", "sample_rate", "hop", "receptive_field", "pad_left",
@@ -219,19 +220,25 @@ class Model:
 
     # -- streaming ----------------------------------------------------------------------------
 
-    def stream(self, batch: int = 1, chunk_frames: int = DEFAULT_CHUNK_FRAMES) -> "Stream":
+    @property
+    def default_chunk_frames(self) -> int:
+        """Frames per streaming step when none is given: :data:`DEFAULT_CHUNK_S` of audio."""
+        return max(1, int(DEFAULT_CHUNK_S * self.frame_rate))
+
+    def stream(self, batch: int = 1, chunk_frames: int | None = None) -> "Stream":
         """A push-based streaming pass over ``batch`` calls; see :class:`Stream`."""
         return Stream(self, batch, chunk_frames)
 
-    def infer_stream(self, audio: np.ndarray, chunk_frames: int = DEFAULT_CHUNK_FRAMES) -> dict[str, np.ndarray]:
-        """Same result as :meth:`infer` (within float tolerance), computed ``chunk_frames`` at a time.
+    def infer_stream(self, audio: np.ndarray, chunk_frames: int | None = None) -> dict[str, np.ndarray]:
+        """Same result as :meth:`infer` (within float tolerance), computed ``chunk_frames`` at a time
+        (default :attr:`default_chunk_frames`).
 
         Peak memory is bounded by the chunk, not the call.
         """
         squeeze = np.ndim(audio) == 1
         x = self._check_audio(audio, min_samples=self.hop)
         st = self.stream(x.shape[0], chunk_frames)
-        step = chunk_frames * self.hop
+        step = st.chunk_frames * self.hop
         parts = [st.push(x[:, i : i + step]) for i in range(0, x.shape[1], step)]
         parts.append(st.finish())
         out = {k: np.concatenate([p[k] for p in parts], axis=1) for k in self.outputs}
@@ -283,7 +290,8 @@ class Stream:
     concatenated outputs equal :meth:`Model.infer` on the whole input within float tolerance.
     """
 
-    def __init__(self, model: Model, batch: int = 1, chunk_frames: int = DEFAULT_CHUNK_FRAMES) -> None:
+    def __init__(self, model: Model, batch: int = 1, chunk_frames: int | None = None) -> None:
+        chunk_frames = model.default_chunk_frames if chunk_frames is None else chunk_frames
         if batch < 1 or chunk_frames < 1:
             raise ModelError("batch and chunk_frames must be >= 1")
         self.model = model

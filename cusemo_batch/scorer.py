@@ -35,7 +35,7 @@ from . import changes, silence
 from .audio import AudioError, load_channels, normalise
 from .calls import Call, CallError, DiscoveryOptions, RTTMError, SpeakerSource, discover, read_metadata, read_rttm
 from .files import sha256_file
-from .model import Model, ModelError
+from .model import DEFAULT_CHUNK_S, Model, ModelError
 
 DEFAULT_MODEL = Path(__file__).parent / "models" / "cusemo-default.onnx"
 VAD_FRAME_S = 0.02  # speech/non-speech decision every 20 ms (speech_ratio and silence compression)
@@ -65,7 +65,7 @@ class ScoreOptions:
     # model vs its fp32 export on 9 calls, RMSE / SD of arousal (largest frame error): 3 s chunks 0.009
     # (0.08); 6 s 0.012 (0.19); 12 s 0.021 (0.47); 60 s 0.107 (0.67).
     max_batch: int = 4
-    chunk_s: float = 3.0  # audio per batch row per streaming step
+    chunk_s: float = DEFAULT_CHUNK_S  # audio per batch row per streaming step
     prefetch: int = 8  # calls decoded ahead of inference (overlaps decoding with ORT)
 
     def result_hash(self) -> str:

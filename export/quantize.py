@@ -65,7 +65,7 @@ import numpy as np
 
 from cusemo_batch.audio import AudioError, load_audio, normalise
 from cusemo_batch.metrics import ccc
-from cusemo_batch.model import Model
+from cusemo_batch.model import DEFAULT_CHUNK_S, Model
 from cusemo_batch.training.categorical import DEFAULT_INTENSITY, DEFAULT_MAP
 
 # Which ops to quantize dynamically. Measured (paper sizes, 300 s, 2 threads, onnxruntime 1.31):
@@ -75,7 +75,7 @@ from cusemo_batch.training.categorical import DEFAULT_INTENSITY, DEFAULT_MAP
 QUANT_OPS = ("MatMul", "LSTM")
 QUANT_CHUNK_FRAMES = 320
 CALIB_PERCENTILE = 99.999  # conv output range: 0.001th..99.999th percentile (a few clicks do not widen it)
-CALIB_STEP_S = 3.0  # calibration inputs look like the scorer's streaming steps: rows of 3 s
+CALIB_STEP_S = DEFAULT_CHUNK_S  # calibration inputs look like the scorer's streaming steps
 CALIB_BATCH = 4
 CALIB_SUBSAMPLE = 7  # keep every 7th activation for the percentiles (memory)
 CALIB_MAX_S = 600.0  # calibration audio used at most (ranges settle long before)
@@ -368,7 +368,7 @@ def compare_quantized(
 ) -> QuantReport:
     """Run both models on the check audio and the validation set; CCC per head; fail on non-finite.
 
-    int8 runs as the scorer runs it (streaming, ``DEFAULT_CHUNK_FRAMES`` per step: activation
+    int8 runs as the scorer runs it (streaming, ``DEFAULT_CHUNK_S`` per step: activation
     scales are per chunk), fp32 as one whole pass.
     """
     heads = list(fp32.outputs)
