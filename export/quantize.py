@@ -145,6 +145,11 @@ def conv_blocks(graph) -> list[tuple]:
     return blocks
 
 
+def _prefix(conv) -> str:
+    """Name prefix of the nodes and tensors that replace ``conv``'s block."""
+    return "rowq" + conv.name.replace("/", "_").replace(".", "_")
+
+
 def _row_scaled_block(conv, pool, inits: dict, opset: int, d_in: np.ndarray,
                       y_range: tuple[float, float] | None):
     """Nodes and initializers replacing one ``Conv -> Relu -> MaxPool`` block (see the module doc).
@@ -158,7 +163,7 @@ def _row_scaled_block(conv, pool, inits: dict, opset: int, d_in: np.ndarray,
     from onnx import helper, numpy_helper
 
     x, w_name, b_name = conv.input
-    p = "rowq" + conv.name.replace("/", "_").replace(".", "_")
+    p = _prefix(conv)
     W = numpy_helper.to_array(inits[w_name]).astype(np.float32)
     b = numpy_helper.to_array(inits[b_name]).astype(np.float32)
     conv_attrs = {a.name: helper.get_attribute_value(a) for a in conv.attribute}
@@ -218,8 +223,8 @@ def _row_scaled_block(conv, pool, inits: dict, opset: int, d_in: np.ndarray,
     return nodes, inits_out
 
 
-def silence_inputs(graph, inits: dict) -> list[np.ndarray]:
-    """Per conv block, its input at digital silence (zero waveform), per channel.
+def silence_inputs(blocks: list[tuple], inits: dict) -> list[np.ndarray]:
+    """Per conv block (:func:`conv_blocks`), its input at digital silence (zero waveform), per channel.
 
     Block 1 reads the (zero) waveform; block ``i`` reads ``maxpool(relu(conv_i-1(d) + b))`` of the
     constant ``d`` before it, i.e. ``relu(sum_k W . d + b)`` per channel (the convolutions are
@@ -227,7 +232,6 @@ def silence_inputs(graph, inits: dict) -> list[np.ndarray]:
     """
     from onnx import numpy_helper
 
-    blocks = conv_blocks(graph)
     out, d = [], None
     for i, (conv, _, pool) in enumerate(blocks):
         if i and conv.input[0] != blocks[i - 1][2].output[0]:
@@ -247,8 +251,8 @@ def _rewrite_convs(model, ranges: dict[str, tuple[float, float]] | None):
     g = model.graph
     opset = next((o.version for o in model.opset_import if o.domain in ("", "ai.onnx")), 17)
     inits = {i.name: i for i in g.initializer}
-    blocks = conv_blocks(g)[1:]
-    silence = silence_inputs(g, inits)[1:]
+    all_blocks = conv_blocks(g)
+    blocks, silence = all_blocks[1:], silence_inputs(all_blocks, inits)[1:]
     replaced: dict[int, list] = {}
     dropped: set[int] = set()
     new_inits, probes = [], []
@@ -258,7 +262,7 @@ def _rewrite_convs(model, ranges: dict[str, tuple[float, float]] | None):
         replaced[id(pool)] = nodes
         dropped |= {id(conv), id(relu)}
         new_inits += more
-        probes.append("rowq" + conv.name.replace("/", "_").replace(".", "_") + "_y")
+        probes.append(_prefix(conv) + "_y")
     kept = []
     for n in g.node:
         if id(n) in replaced:
@@ -290,7 +294,8 @@ def quantize_convs_pair(whole: Path, stream: Path, out_whole: Path, out_stream: 
     import onnx
     import onnxruntime as ort
 
-    if len(conv_blocks(onnx.load(str(stream), load_external_data=False).graph)) < 2:
+    stream_model = onnx.load(str(stream))
+    if len(conv_blocks(stream_model.graph)) < 2:
         return []  # a single conv block: it reads the waveform and stays fp32
     x = np.concatenate([np.asarray(a, np.float32) for a in calibration])[: int(CALIB_MAX_S * sample_rate)] \
         if calibration else np.zeros(0, np.float32)
@@ -300,7 +305,9 @@ def quantize_convs_pair(whole: Path, stream: Path, out_whole: Path, out_stream: 
         raise QuantizationError(f"calibration audio too short: {len(x) / sample_rate:.1f} s, need at least "
                                 f"{(CALIB_BATCH * step + context) / sample_rate:.1f} s")
     try:
-        probe, names, outputs = _rewrite_convs(onnx.load(str(stream)), None)
+        probe = onnx.ModelProto()
+        probe.CopyFrom(stream_model)
+        probe, names, outputs = _rewrite_convs(probe, None)
         so = ort.SessionOptions()
         so.log_severity_level = 3
         session = ort.InferenceSession(probe.SerializeToString(), so, providers=["CPUExecutionProvider"])
@@ -314,9 +321,8 @@ def quantize_convs_pair(whole: Path, stream: Path, out_whole: Path, out_stream: 
         for name, o in zip(names, outputs):
             v = np.concatenate(seen[o])
             ranges[name] = (float(np.percentile(v, 100 - CALIB_PERCENTILE)), float(np.percentile(v, CALIB_PERCENTILE)))
-        for src, dst in ((stream, out_stream), (whole, out_whole)):
-            model, _, _ = _rewrite_convs(onnx.load(str(src)), ranges)
-            onnx.save(model, str(dst))
+        for src, dst in ((stream_model, out_stream), (onnx.load(str(whole)), out_whole)):
+            onnx.save(_rewrite_convs(src, ranges)[0], str(dst))
     except QuantizationError:
         raise
     except Exception as e:
