@@ -12,7 +12,12 @@ from pathlib import Path
 import numpy as np
 import soundfile as sf
 
-NORMALISATIONS = ("none", "rms")
+# Input normalisations a model can name in its metadata. "none": the paper's raw waveform (the
+# model then reads the input level; kept so that models exported before the level contract score as
+# they always did). "rms": the whole track to -20 dBFS RMS (pauses count, so the gain depends on how
+# much the speaker is silent). "speech_rms": the level contract of current models -- the track's
+# active-speech RMS to -26 dBFS by one gain (cusemo_batch.level).
+NORMALISATIONS = ("none", "rms", "speech_rms")
 RMS_TARGET = 0.1  # -20 dBFS, a typical speech level
 
 
@@ -117,14 +122,34 @@ def resample(x: np.ndarray, sr_in: int, sr_out: int) -> np.ndarray:
     return y.astype(np.float32, copy=False)
 
 
-def normalise(x: np.ndarray, method: str) -> np.ndarray:
-    """Input normalisation recorded in the model's metadata (``none`` = the paper's raw waveform)."""
+def normalise(x: np.ndarray, method: str, sample_rate: int = 8000) -> np.ndarray:
+    """Input normalisation recorded in the model's metadata (``none`` = the paper's raw waveform).
+
+    The one function training, export checks and scoring all call, so the model sees in production
+    what it saw in training. ``sample_rate`` is that of ``x`` (``speech_rms`` works on 20 ms frames).
+    """
     if method == "none":
         return x
+    if method == "speech_rms":
+        from .level import normalise_level
+
+        return normalise_level(x, sample_rate)
     if method == "rms":
         rms = float(np.sqrt(np.mean(np.square(x, dtype=np.float64)))) if x.size else 0.0
         return (x * (RMS_TARGET / max(rms, 1e-5))).astype(np.float32)
     raise ValueError(f"unknown normalisation {method!r}; expected one of {NORMALISATIONS}")
+
+
+def describe_normalisation(method: str) -> str:
+    """One line for ``info`` and the ONNX metadata: what the scorer does to a track before the model."""
+    if method == "speech_rms":
+        from .level import DESCRIPTION
+
+        return DESCRIPTION
+    return {
+        "none": "none: raw waveform, the model reads the input level (models exported before the level contract)",
+        "rms": f"rms: whole track scaled to {20 * np.log10(RMS_TARGET):g} dBFS RMS, pauses included",
+    }.get(method, f"{method}: unknown to this version of cusemo-batch")
 
 
 def _first_line(e: BaseException) -> str:

@@ -70,7 +70,7 @@ class ScoreOptions:
 
     def result_hash(self) -> str:
         """Hash of every option that changes the output values (speed options excluded)."""
-        d = {"rate_s": self.rate_s, "compress_silence": self.compress_silence,
+        d = {"rate_s": self.rate_s, "compress_silence": self.compress_silence, "vad": silence.VAD_VERSION,
              "min_silence_s": self.min_silence_s, "keep_silence_s": self.keep_silence_s,
              "discovery": {k: v for k, v in asdict(self.discovery).items() if k != "follow_symlinks"},
              "changes": asdict(self.change_config)}
@@ -191,7 +191,7 @@ class Scorer:
         if len(y) < m.hop:
             raise TooShortError(f"speaker {src.speaker}: {len(y) / m.sample_rate:.3f} s of audio is shorter "
                                 f"than one model frame ({m.hop / m.sample_rate:.3f} s)")
-        return SpeakerAudio(src.speaker, normalise(y, m.normalisation), tmap, speech, duration)
+        return SpeakerAudio(src.speaker, normalise(y, m.normalisation, m.sample_rate), tmap, speech, duration)
 
     # ----------------------------------------------------------------------------- inference
     def infer(self, items: list[SpeakerAudio]) -> list[dict[str, np.ndarray]]:

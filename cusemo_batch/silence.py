@@ -14,8 +14,14 @@ telephone audio varies a lot in level and background noise from call to call:
    (default p10: any call has some pauses), the speech level a high percentile (p95). The threshold
    sits ``threshold_ratio`` (30 %) of the way from floor to speech level, but at least ``margin_db``
    (6 dB) above the floor -- so stationary noise, whatever its level, is never speech (20 ms frames
-   of steady noise spread by about +-0.5 dB) -- and never below the absolute ``floor_db``
-   (-60 dBFS): digital silence and faint line noise are silence even when nothing louder exists.
+   of steady noise spread by about +-0.5 dB) -- and never more than ``range_db`` (50 dB) below the
+   speech level: in a track whose pauses are digital silence (an RTTM-masked speaker, a gated
+   channel) the floor is -120 dB and the threshold would otherwise sink into faint hiss. Every rule
+   so far is *relative*, so the decision does not depend on the input level (a track played 30 dB
+   quieter gets the same speech frames; the level contract in :mod:`cusemo_batch.level` needs
+   that). The absolute ``floor_db`` (-90 dBFS, about the noise of 16-bit audio) only keeps near
+   digital silence from ever counting as speech; an earlier -60 dBFS floor cut the quiet syllables
+   of a call recorded 20 dB below normal (speech 17.0 -> 11.6 s on a demo call).
 3. Smoothing: speech frames are dilated by ``hangover_s`` (200 ms) on both sides. This keeps the
    weak onsets and decays of words (consonants, breathy ends fall under any energy threshold) and
    closes pauses shorter than ``2 * hangover_s`` inside speech. A dilated region that contains less
@@ -37,6 +43,9 @@ import numpy as np
 import polars as pl
 
 ENERGY_FLOOR_DB = -120.0  # energy of digital silence (avoids log(0))
+# Version of detect_speech's decisions; part of the scorer's result hash, so stored results made
+# with other decisions are rescored. 2: the threshold's floor became relative (range_db).
+VAD_VERSION = 2
 _BLOCK = 8192  # frames per block in frame_energy_db
 
 
@@ -82,7 +91,8 @@ def detect_speech(
     speech_percentile: float = 95.0,
     threshold_ratio: float = 0.3,
     margin_db: float = 6.0,
-    floor_db: float = -60.0,
+    range_db: float = 50.0,
+    floor_db: float = -90.0,
     hangover_s: float = 0.2,
     min_speech_s: float = 0.1,
 ) -> np.ndarray:
@@ -95,6 +105,7 @@ def detect_speech(
       noise floor and the speech level of this recording.
     - ``threshold_ratio``: threshold position between floor (0) and speech level (1), in dB.
     - ``margin_db``: minimum distance of the threshold above the noise floor.
+    - ``range_db``: the threshold is never more than this below the speech level.
     - ``floor_db``: absolute minimum threshold (dBFS); quieter frames are always silence.
     - ``hangover_s``: dilation of speech on both sides (also bridges pauses < 2 * hangover_s).
     - ``min_speech_s``: dilated regions with less above-threshold time than this are dropped.
@@ -105,7 +116,7 @@ def detect_speech(
     noise_db = float(np.percentile(energy, noise_percentile))
     speech_db = float(np.percentile(energy, speech_percentile))
     threshold = noise_db + max(margin_db, threshold_ratio * (speech_db - noise_db))
-    threshold = max(threshold, floor_db)
+    threshold = max(threshold, speech_db - range_db, floor_db)
     raw = energy > threshold
     if not raw.any():
         return raw

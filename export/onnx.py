@@ -45,7 +45,7 @@ import torch
 from torch import nn
 
 from cusemo_batch import __version__
-from cusemo_batch.audio import NORMALISATIONS, AudioError, load_audio, normalise
+from cusemo_batch.audio import NORMALISATIONS, AudioError, describe_normalisation, load_audio, normalise
 from cusemo_batch.files import atomic_path, sha256_bytes
 from cusemo_batch.model import FORMAT, Model, ModelError, stream_path_for
 from cusemo_batch.training.checkpoint import load_checkpoint
@@ -167,6 +167,7 @@ def build_metadata(
         "outputs": j(list(config.outputs)),
         "label_rate_ms": j(meta.get("label_rate_ms")),
         "normalisation": norm,
+        "normalisation_doc": describe_normalisation(norm),
         "quantized": quantized,
         "train_data": j(meta.get("train_data")),
         "dev_ccc": j(meta.get("dev_ccc")),
@@ -435,7 +436,7 @@ def _load_files(paths: Sequence[Path], sr: int, norm: str, max_s: float = float(
         if total >= max_s:
             break
         try:
-            items.append((p.name, normalise(load_audio(p, sr), norm)))
+            items.append((p.name, normalise(load_audio(p, sr), norm, sr)))
         except AudioError as e:
             raise ExportError(str(e)) from None
         total += len(items[-1][1]) / sr

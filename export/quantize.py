@@ -357,7 +357,7 @@ def load_validation(manifest: str | Path, sample_rate: int, norm: str) -> list[t
         else:
             raise QuantizationError(f"{manifest}: needs valence,arousal or emotion columns")
         try:
-            audio = normalise(load_audio(manifest.parent / r["file"], sample_rate), norm)
+            audio = normalise(load_audio(manifest.parent / r["file"], sample_rate), norm, sample_rate)
         except AudioError as e:
             raise QuantizationError(str(e)) from None
         items.append((r["file"], audio, gold))

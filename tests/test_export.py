@@ -416,3 +416,38 @@ def test_info_entry_point_exit_code(tmp_path):
     p = subprocess.run([sys.executable, "-c", "from cusemo_batch.cli import main; main()", "info", str(bad)],
                        capture_output=True, text=True)
     assert p.returncode == 2 and p.stderr.count("\n") == 1 and "not a loadable ONNX model" in p.stderr
+
+
+def test_batch_norm_model_exports_folded_with_the_level_contract(ravdess_dir, tmp_path):
+    """Batch norm disappears into the convolutions (the int8 rewrite still finds every block), the
+    metadata carries the level contract, and the exported model is level-invariant end to end."""
+    from cusemo_batch.level import TARGET_DBFS, active_level_db
+
+    torch.manual_seed(4)
+    model = CRNN(ModelConfig(conv_channels=(8, 16, 16), lstm_hidden=32, mlp_sizes=(32,), conv_norm="batch"))
+    model.train()
+    model(torch.from_numpy(real_audio(ravdess_dir, 6.0))[None].repeat(3, 1))  # running statistics move
+    with torch.no_grad():  # non-trivial affine parts, some negative (cannot be folded into a max-pool)
+        for bn in (m for m in model.modules() if isinstance(m, torch.nn.BatchNorm1d)):
+            bn.weight.uniform_(-1.0, 2.0)
+            bn.bias.uniform_(-0.3, 0.3)
+    model.eval()
+    meta = {**META, "normalisation": "speech_rms"}
+    res = export_model(model, meta, tmp_path / "bn.onnx", check_audio=[sorted((ravdess_dir / "audio").glob("*.flac"))[3]])
+    assert all(r.ok for r in res.parity)
+    for path in (res.path, res.stream_path):
+        ops = {n.op_type for n in onnx.load(str(path)).graph.node}
+        assert "BatchNormalization" not in ops and "Conv" in ops
+    m = Model(res.path, device="cpu")
+    assert m.normalisation == "speech_rms" and "active-speech" in m.metadata["normalisation_doc"]
+    x = real_audio(ravdess_dir, 8.0)
+    outs = [m.infer_stream(normalise(x * np.float32(10 ** (g / 20)), m.normalisation, SR))["arousal"]
+            for g in (-30.0, 0.0, 12.0)]
+    np.testing.assert_allclose(outs[0], outs[1], atol=1e-4)
+    np.testing.assert_allclose(outs[2], outs[1], atol=1e-4)
+    assert active_level_db(normalise(x, m.normalisation, SR), SR) == pytest.approx(TARGET_DBFS, abs=1e-3)
+    calib = sorted((ravdess_dir / "audio").glob("*.flac"))[::97][:3]
+    q = export_model(model, meta, tmp_path / "bn8.onnx", quantize="int8", calibration=calib, check=False)
+    assert len(q.quantization.int8_convs) == 2  # blocks 2 and 3 (the first reads the waveform, fp32)
+    r = CliRunner().invoke(main, ["info", str(q.path)])
+    assert r.exit_code == 0 and "input level: speech_rms" in r.output

@@ -37,3 +37,14 @@ def test_bce_masks_unknown_gender():
     target = torch.tensor([1.0, 0.0, float("nan")])
     expected = -(np.log(1 / (1 + np.exp(-2.0))) + np.log(1 - 1 / (1 + np.exp(1.0)))) / 2
     assert float(bce_loss(logits, target)) == pytest.approx(expected, rel=1e-6)
+
+
+def test_ccc_loss_with_mse_term_matches_hand_computation():
+    pred = torch.tensor([[0.1, 0.4, -0.2, 9.0]])
+    gold = torch.tensor([[0.0, 0.5, -0.5, 0.0]])
+    mask = torch.tensor([[True, True, True, False]])
+    p, g = pred[0, :3].double().numpy(), gold[0, :3].double().numpy()
+    ccc_ref = 2 * np.cov(p, g, bias=True)[0, 1] / (p.var() + g.var() + (p.mean() - g.mean()) ** 2)
+    mse = np.mean((p - g) ** 2)
+    assert float(ccc_loss(pred, gold, mask, mse_weight=0.1)) == pytest.approx(1 - ccc_ref + 0.1 * mse, rel=1e-5)
+    assert float(ccc_loss(pred, gold, mask)) == pytest.approx(1 - ccc_ref, rel=1e-5)

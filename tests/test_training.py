@@ -221,3 +221,71 @@ def test_lstm_lr_factor_slows_only_the_lstm(tiny_corpus, tmp_path):
 def test_lstm_lr_factor_is_validated():
     with pytest.raises(ConfigError, match="lstm_lr_factor"):
         Config().with_overrides(train={"lstm_lr_factor": 0.0}).resolved()
+
+
+def test_augmented_batches_are_normalised_segments_with_lengths(tiny_corpus):
+    from cusemo_batch.level import TARGET_DBFS, active_level_db
+
+    cfg = Config().with_overrides(model=SMALL, data={"segment_s": 10, "normalisation": "speech_rms"},
+                                  augment={"enabled": True, "p_codec": 1.0, "codecs": ["gsm"]})
+    prep = prepare(tiny_corpus, cfg)
+    assert all(c.raw is not None for c in prep.calls)
+    # whole calls (dev/test, what the scorer feeds) sit at the target level
+    assert active_level_db(prep.calls[0].audio, 8000) == pytest.approx(TARGET_DBFS, abs=1e-3)
+    segs = make_segments(prep.calls, prep.indices("train"), prep.cfg)[:4]
+    a = batch_arrays(segs, prep.calls, prep.cfg, np.random.default_rng(0))
+    b = batch_arrays(segs, prep.calls, prep.cfg, np.random.default_rng(0))
+    np.testing.assert_array_equal(a["audio"], b["audio"])  # seeded
+    plain = batch_arrays(segs, prep.calls, prep.cfg)  # no rng (evaluation): no augmentation
+    assert not np.array_equal(a["audio"], plain["audio"])
+    for j, n in enumerate(a["lengths"]):
+        assert np.all(a["audio"][j, n:] == 0) and n > 0
+        # every augmented segment is normalised on its own, like a scored track
+        assert active_level_db(a["audio"][j, :n], 8000) == pytest.approx(TARGET_DBFS, abs=1e-3)
+
+
+def test_batches_group_segments_by_length_for_batch_norm():
+    from cusemo_batch.training.data import Segment
+    from cusemo_batch.training.loop import _batches
+
+    segs = [Segment(i, 0, 100) for i in range(12)] + [Segment(20 + i, 0, 10 + i) for i in range(4)]
+    rng = np.random.default_rng(0)
+    batches = _batches(segs, 4, rng, by_length=True)
+    assert sorted(int(i) for b in batches for i in b) == list(range(16))
+    for b in batches:  # full windows together, the short tails together
+        assert len({segs[i].bin1 == 100 for i in b}) == 1
+    plain = _batches(segs, 4, np.random.default_rng(0), by_length=False)
+    assert sorted(int(i) for b in plain for i in b) == list(range(16))
+
+
+def test_augment_and_loss_sections_are_read_and_validated(tmp_path):
+    cfg = load_config("ravdess_default")
+    assert cfg.augment.enabled and cfg.data.normalisation == "speech_rms" and cfg.model.conv_norm == "batch"
+    assert cfg.loss.mse_weight == 0.1 and cfg.train.seeds == (42, 24, 12, 10, 100, 125)
+    assert not load_config("default").augment.enabled  # the paper's protocol stays plain
+    bad = tmp_path / "bad.toml"
+    for text, msg in (("[augment]\np_noise = 2\n", "probability"), ("[augment]\nsnr = 3\n", "unknown key"),
+                      ("[data]\nnormalisation = 'peak'\n", "normalisation"),
+                      ("[train]\nplateau_factor = 1.5\n", "plateau_factor"), ("[loss]\nmse_weight = -1\n", "mse_weight")):
+        bad.write_text(text)
+        with pytest.raises(ConfigError, match=msg):
+            load_config(bad)
+
+
+def test_parallel_seeds_train_the_same_models(tiny_corpus, tmp_path, tiny_train_config):
+    """--jobs 2 (two one-thread processes) gives each seed exactly what --jobs 1 with one thread gives."""
+    cfg = tiny_train_config(epochs=1, seeds=(3, 4))
+    text = cfg.read_text().replace("[model]", "[model]\nconv_norm = \"batch\"").replace(
+        "[data]", "[data]\nnormalisation = \"speech_rms\"") + "threads = 2\nplateau_factor = 0.5\n[loss]\nmse_weight = 0.1\n[augment]\nenabled = true\n"
+    cfg.write_text(text)
+    runner = CliRunner()
+    r = runner.invoke(main, ["train", str(tiny_corpus), "--out", str(tmp_path / "par"), "--config", str(cfg), "--jobs", "2"])
+    assert r.exit_code == 0, r.output
+    assert "2 processes (1 thread(s) each)" in r.output
+    r = runner.invoke(main, ["train", str(tiny_corpus), "--out", str(tmp_path / "seq"), "--config", str(cfg), "--threads", "1"])
+    assert r.exit_code == 0, r.output
+    for seed in (3, 4):
+        par = json.loads((tmp_path / "par" / f"seed_{seed}" / "result.json").read_text())
+        seq = json.loads((tmp_path / "seq" / f"seed_{seed}" / "result.json").read_text())
+        assert par["dev"]["valence"] == seq["dev"]["valence"] and par["test"]["arousal"] == seq["test"]["arousal"]
+    assert json.loads((tmp_path / "par" / "summary.json").read_text())["seeds"] == [3, 4]

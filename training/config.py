@@ -5,6 +5,7 @@
 [data]    # label rate, segment length, gold standard, split, auxiliary targets, augmentation
 [train]   # optimiser, batch size, epochs, seeds, early stopping
 [loss]    # alpha (interval context CCC) and beta (binary context BCE) weights of eq. 3
+[augment] # channel augmentation (level, band-pass, codecs, noise, reverberation); off by default
 ```
 Any key left out takes the default below (the paper's protocol). Unknown keys are errors: a typo in
 a config must not silently train the wrong experiment.
@@ -18,6 +19,9 @@ from dataclasses import asdict, dataclass, field, fields, replace
 from pathlib import Path
 from typing import Any
 
+from cusemo_batch.audio import NORMALISATIONS
+
+from .augment import AugmentConfig
 from .model import ModelConfig
 
 PAPER_SEEDS = (42, 24, 12, 10, 100, 125)
@@ -34,7 +38,7 @@ class DataConfig:
     segment_s: float = 150.0
     gold: str = "mean"  # mean | median | single
     gold_annotator: str = ""
-    normalisation: str = "none"  # none (the paper: raw waveform) | rms
+    normalisation: str = "none"  # none (the paper: raw waveform) | rms | speech_rms (cusemo_batch.level)
     split: tuple[float, float, float] = (130 / 215, 45 / 215, 40 / 215)  # the paper's 130/45/40 calls
     split_seed: int = 1
     group_by: str = "auto"  # auto = context column 'speaker' when present, else the call
@@ -68,6 +72,10 @@ class TrainConfig:
     # sits at 1.0); at 0.1 the first such collapse came at epoch 15 instead of 3, but it still came
     # and the run ended lower, so the default recipe does not use it (model card).
     lstm_lr_factor: float = 1.0
+    # ReduceLROnPlateau on the dev selection metric: after ``plateau_patience`` epochs without a new
+    # best, multiply the learning rate by ``plateau_factor`` (0 = off, a constant rate as the paper).
+    plateau_factor: float = 0.0
+    plateau_patience: int = 2
     max_batches_per_epoch: int = 0  # 0 = all (tests use small numbers)
 
 
@@ -75,6 +83,10 @@ class TrainConfig:
 class LossConfig:
     alpha: float = 0.0
     beta: float = 0.0
+    # Weight of a mean-squared-error term added to each dimension's 1 - CCC (0 = the paper's loss).
+    # CCC alone is blind to a prediction that is right in shape but offset or squashed on short
+    # segments; a small MSE term anchors the scale (End2You and AVEC systems use CCC + MSE).
+    mse_weight: float = 0.0
 
 
 @dataclass(frozen=True)
@@ -83,6 +95,7 @@ class Config:
     data: DataConfig = field(default_factory=DataConfig)
     train: TrainConfig = field(default_factory=TrainConfig)
     loss: LossConfig = field(default_factory=LossConfig)
+    augment: AugmentConfig = field(default_factory=AugmentConfig)
     name: str = "default"
 
     def resolved(self) -> "Config":
@@ -122,14 +135,15 @@ def _section(cls, data: dict, name: str):
 
 
 def from_dict(d: dict[str, Any]) -> Config:
-    unknown = set(d) - {"model", "data", "train", "loss", "name"}
+    unknown = set(d) - {"model", "data", "train", "loss", "augment", "name"}
     if unknown:
-        raise ConfigError(f"unknown section(s) {sorted(unknown)}; expected model, data, train, loss")
+        raise ConfigError(f"unknown section(s) {sorted(unknown)}; expected model, data, train, loss, augment")
     cfg = Config(
         model=_section(ModelConfig, d.get("model", {}), "model"),
         data=_section(DataConfig, d.get("data", {}), "data"),
         train=_section(TrainConfig, d.get("train", {}), "train"),
         loss=_section(LossConfig, d.get("loss", {}), "loss"),
+        augment=_section(AugmentConfig, d.get("augment", {}), "augment"),
         name=d.get("name", "default"),
     )
     validate(cfg)
@@ -142,8 +156,8 @@ def validate(cfg: Config) -> None:
         raise ConfigError(f"[data] gold must be mean, median or single, not {d.gold!r}")
     if d.gold == "single" and not d.gold_annotator:
         raise ConfigError("[data] gold = 'single' needs gold_annotator")
-    if d.normalisation not in ("none", "rms"):
-        raise ConfigError(f"[data] normalisation must be none or rms, not {d.normalisation!r}")
+    if d.normalisation not in NORMALISATIONS:
+        raise ConfigError(f"[data] normalisation must be one of {', '.join(NORMALISATIONS)}, not {d.normalisation!r}")
     if len(d.split) != 3 or any(x < 0 for x in d.split) or abs(sum(d.split) - 1) > 1e-6:
         raise ConfigError("[data] split must be three non-negative fractions summing to 1")
     if d.label_rate_ms <= 0 or d.segment_s <= 0:
@@ -165,8 +179,14 @@ def validate(cfg: Config) -> None:
         raise ConfigError("[train] lstm_lr_factor must be in (0, 1]")
     if t.select_on not in ("valence", "arousal", "mean"):
         raise ConfigError("[train] select_on must be valence, arousal or mean")
-    if cfg.loss.alpha < 0 or cfg.loss.beta < 0:
-        raise ConfigError("[loss] alpha and beta must be >= 0")
+    if cfg.loss.alpha < 0 or cfg.loss.beta < 0 or cfg.loss.mse_weight < 0:
+        raise ConfigError("[loss] alpha, beta and mse_weight must be >= 0")
+    if t.plateau_factor and (not 0 < t.plateau_factor < 1 or t.plateau_patience < 1):
+        raise ConfigError("[train] plateau_factor must be in (0, 1) (0 = off) and plateau_patience >= 1")
+    try:
+        cfg.augment.validate()
+    except ValueError as e:
+        raise ConfigError(f"[augment] {e}") from None
 
 
 def load_config(path: str | Path | None = None) -> Config:

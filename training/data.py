@@ -17,6 +17,7 @@ import numpy as np
 from cusemo_batch.audio import load_audio, normalise
 from cusemo_batch.files import sha256_file
 
+from .augment import augment
 from .config import Config
 from .corpus import Corpus
 from .labels import binary_target, gold_at_rate, gold_standard, interval_target
@@ -26,11 +27,12 @@ from .labels import binary_target, gold_at_rate, gold_standard, interval_target
 class CallData:
     call_id: str
     group: str
-    audio: np.ndarray  # float32 at the model rate, normalised
+    audio: np.ndarray  # float32 at the model rate, normalised as a whole (what the scorer feeds)
     valence: np.ndarray  # gold at the label rate, [-1, 1]
     arousal: np.ndarray
     alpha_target: float  # [0, 1] or NaN
     beta_target: float  # 1/0 or NaN
+    raw: np.ndarray | None = None  # decoded, not normalised: kept only for channel augmentation
 
 
 @dataclass(frozen=True)
@@ -47,11 +49,12 @@ def load_calls(corpus: Corpus, cfg: Config) -> list[CallData]:
     out = []
     for c in corpus.calls:
         gold = gold_at_rate(gold_standard(c, d.gold, d.gold_annotator or None), d.label_rate_ms)
-        audio = normalise(load_audio(c.audio_path, cfg.model.sample_rate), d.normalisation)
+        raw = load_audio(c.audio_path, cfg.model.sample_rate)
+        audio = normalise(raw, d.normalisation, cfg.model.sample_rate)
         group = str(c.context.get(group_col) or c.call_id) if group_col else c.call_id
         out.append(CallData(c.call_id, group, audio, gold.valence.astype(np.float32),
                             gold.arousal.astype(np.float32), interval_target(c, d.alpha_target),
-                            binary_target(c, d.beta_target)))
+                            binary_target(c, d.beta_target), raw if cfg.augment.enabled else None))
     return out
 
 
@@ -135,7 +138,13 @@ def make_segments(calls: list[CallData], indices: list[int], cfg: Config,
 
 def batch_arrays(segs: list[Segment], calls: list[CallData], cfg: Config,
                  rng: np.random.Generator | None = None) -> dict[str, np.ndarray]:
-    """Pad a list of segments into arrays: audio [B, S], valence/arousal/mask [B, K], targets [B]."""
+    """Pad a list of segments into arrays: audio [B, S], valence/arousal/mask [B, K], targets [B].
+
+    With ``rng`` (training) and ``[augment] enabled``, each segment's raw audio goes through a random
+    line (:func:`cusemo_batch.training.augment.augment`) and is then normalised on its own by the
+    model's input normalisation -- what the scorer does to a whole track. ``lengths`` [B] counts
+    the real (unpadded) samples per row, for the batch-norm statistics.
+    """
     sr, bin_s = cfg.model.sample_rate, cfg.data.label_rate_ms / 1000
     bin_samples = bin_s * sr
     if abs(bin_samples - round(bin_samples)) > 1e-6:
@@ -149,19 +158,25 @@ def batch_arrays(segs: list[Segment], calls: list[CallData], cfg: Config,
     val = np.zeros((B, n_bins), np.float32)
     aro = np.zeros((B, n_bins), np.float32)
     mask = np.zeros((B, n_bins), bool)
+    lengths = np.zeros(B, np.int64)
     for j, s in enumerate(segs):
         c = calls[s.call]
         a0 = int(round(s.bin0 * bin_samples))
-        chunk = c.audio[a0:a0 + n_samples]
+        if rng is not None and cfg.augment.enabled and c.raw is not None:
+            chunk = augment(c.raw[a0:a0 + n_samples], sr, cfg.augment, rng)
+            chunk = normalise(chunk, cfg.data.normalisation, sr)
+        else:
+            chunk = c.audio[a0:a0 + n_samples]
         if rng is not None and cfg.data.gain_db > 0:
             chunk = chunk * np.float32(10 ** (rng.uniform(-cfg.data.gain_db, cfg.data.gain_db) / 20))
         audio[j, :len(chunk)] = chunk
+        lengths[j] = len(chunk)
         k = s.bin1 - s.bin0
         val[j, :k] = c.valence[s.bin0:s.bin1]
         aro[j, :k] = c.arousal[s.bin0:s.bin1]
         mask[j, :k] = True
     return {
-        "audio": audio, "valence": val, "arousal": aro, "mask": mask,
+        "audio": audio, "lengths": lengths, "valence": val, "arousal": aro, "mask": mask,
         "alpha": np.array([calls[s.call].alpha_target for s in segs], np.float32),
         "beta": np.array([calls[s.call].beta_target for s in segs], np.float32),
     }

@@ -120,10 +120,12 @@ class Pooler:
 def batch_loss(model: CRNN, pool: Pooler, batch: dict[str, np.ndarray], cfg: Config) -> tuple[torch.Tensor, dict]:
     audio = torch.from_numpy(batch["audio"])
     mask = torch.from_numpy(batch["mask"])
-    frames = model(audio)
+    lengths = torch.from_numpy(batch["lengths"]) if "lengths" in batch else None
+    frames = model(audio, lengths)
     bins = pool(frames, mask.shape[1])
-    lv = ccc_loss(bins[..., 0], torch.from_numpy(batch["valence"]), mask)
-    la = ccc_loss(bins[..., 1], torch.from_numpy(batch["arousal"]), mask)
+    w = cfg.loss.mse_weight
+    lv = ccc_loss(bins[..., 0], torch.from_numpy(batch["valence"]), mask, mse_weight=w)
+    la = ccc_loss(bins[..., 1], torch.from_numpy(batch["arousal"]), mask, mse_weight=w)
     head = 2
     l_alpha = l_beta = None
     if cfg.loss.alpha > 0:
@@ -202,15 +204,37 @@ def _select(metrics: dict, on: str) -> float:
     return v if math.isfinite(v) else -1.0
 
 
+def _batches(segments: list, batch_size: int, rng: np.random.Generator, by_length: bool) -> list[np.ndarray]:
+    """Shuffled mini-batches of segment indices.
+
+    ``by_length`` (models with batch norm): segments of similar length share a batch -- most are
+    full ``segment_s`` windows, drawn at random among themselves; the shorter tails go together --
+    so almost no batch carries zero padding, which would otherwise enter the batch statistics
+    (MaskedBatchNorm1d keeps what padding remains out, at a cost). The batch order is shuffled.
+    """
+    n = len(segments)
+    if not by_length:
+        order = rng.permutation(n)
+        return [order[i:i + batch_size] for i in range(0, n, batch_size)]
+    lengths = np.array([s.bin1 - s.bin0 for s in segments])
+    order = np.lexsort((rng.random(n), -lengths))  # longest first, random among equal lengths
+    batches = [order[i:i + batch_size] for i in range(0, n, batch_size)]
+    return [batches[i] for i in rng.permutation(len(batches))]
+
+
 def train_seed(prep: Prepared, seed: int, out_dir: Path, log: Log = print,
-               progress: Callable[[int], None] = lambda n=1: None) -> dict:
-    """Train one seed; keep the best-dev checkpoint; evaluate it on test. Returns result.json."""
+               progress: Callable[[int], None] = lambda n=1: None, threads: int | None = None) -> dict:
+    """Train one seed; keep the best-dev checkpoint; evaluate it on test. Returns result.json.
+
+    ``threads`` overrides ``[train] threads`` (parallel seeds share the cores; the numbers do not
+    depend on it beyond float rounding).
+    """
     cfg = prep.cfg
     out_dir.mkdir(parents=True, exist_ok=True)
     torch.manual_seed(seed)
     rng = np.random.default_rng(seed)
-    if cfg.train.threads:
-        torch.set_num_threads(cfg.train.threads)
+    if threads or cfg.train.threads:
+        torch.set_num_threads(threads or cfg.train.threads)
     model = CRNN(cfg.model)
     lr = cfg.train.lr
     opt = _optimizer(model, lr, cfg.train.lstm_lr_factor)
@@ -227,7 +251,7 @@ def train_seed(prep: Prepared, seed: int, out_dir: Path, log: Log = print,
         "heads": list(cfg.model.outputs), "config": cfg.to_dict(),
         "train_data": {"description": _describe(prep), "sha256": prep.data_sha256},
     }
-    best, best_epoch, stale, restarts = -math.inf, 0, 0, 0
+    best, best_epoch, stale, restarts, plateau = -math.inf, 0, 0, 0, 0
     metrics_path = out_dir / "metrics.jsonl"
     lines: list[str] = []
     for epoch in range(1, cfg.train.epochs + 1):
@@ -235,9 +259,8 @@ def train_seed(prep: Prepared, seed: int, out_dir: Path, log: Log = print,
         model.train()
         if cfg.data.segment_jitter:
             segments = make_segments(prep.calls, train_idx, cfg, rng)
-        order = rng.permutation(len(segments))
         bs = cfg.train.batch_size
-        batches = [order[i:i + bs] for i in range(0, len(order), bs)]
+        batches = _batches(segments, bs, rng, by_length=cfg.model.conv_norm == "batch")
         if cfg.train.max_batches_per_epoch:
             batches = batches[: cfg.train.max_batches_per_epoch]
         losses = []
@@ -265,7 +288,7 @@ def train_seed(prep: Prepared, seed: int, out_dir: Path, log: Log = print,
             f"dev CCC valence {dev['valence']:.3f} arousal {dev['arousal']:.3f}  ({record['seconds']:.0f} s)")
         dead = collapsed(dev)
         if score > best and not dead:
-            best, best_epoch, stale = score, epoch, 0
+            best, best_epoch, stale, plateau = score, epoch, 0, 0
             save_checkpoint(out_dir / "best.pt", model, {**meta, "epoch": epoch, "dev_ccc": _dims(dev)})
         elif dead and restarts < cfg.train.collapse_restarts:
             restarts += 1
@@ -280,6 +303,13 @@ def train_seed(prep: Prepared, seed: int, out_dir: Path, log: Log = print,
                 f"{cfg.train.collapse_restarts} from epoch {best_epoch or 'init'} with lr {lr:g}")
         else:
             stale += 1
+            plateau += 1
+            if cfg.train.plateau_factor and plateau >= cfg.train.plateau_patience:
+                lr *= cfg.train.plateau_factor
+                plateau = 0
+                for group in opt.param_groups:
+                    group["lr"] = group["lr_factor"] * lr
+                log(f"seed {seed} epoch {epoch}: no dev improvement for {cfg.train.plateau_patience} epochs; lr {lr:g}")
             if cfg.train.patience and stale >= cfg.train.patience:
                 log(f"seed {seed}: early stop after {epoch} epochs (best epoch {best_epoch})")
                 break
@@ -320,12 +350,26 @@ def summarise(results: list[dict]) -> dict:
     return out
 
 
+def _seed_job(corpus_dir: str, cfg_dict: dict, calls: Sequence[str] | None, seed: int, seed_dir: str,
+              threads: int) -> dict:
+    """One seed in a worker process (``run_training(jobs > 1)``): decode, train, return result.json."""
+    from .config import from_dict
+
+    torch.set_num_threads(threads)
+    prep = prepare(corpus_dir, from_dict(cfg_dict), calls)
+    return train_seed(prep, seed, Path(seed_dir), lambda msg: print(msg, flush=True), threads=threads)
+
+
 def run_training(corpus_dir: str | Path, cfg: Config, out_dir: str | Path, log: Log = print,
-                 progress_factory=None, calls: Sequence[str] | None = None) -> dict:
+                 progress_factory=None, calls: Sequence[str] | None = None, jobs: int = 1) -> dict:
     """Train every seed of ``cfg`` (skipping seeds already finished in ``out_dir``) and summarise.
 
     ``calls`` restricts training, dev and test to those call ids (``train --calls``); the data
-    hash then covers only them, so resuming with another selection is refused.
+    hash then covers only them, so resuming with another selection is refused. ``jobs`` > 1 trains
+    that many seeds at once in worker processes, sharing ``[train] threads`` (or all cores) between
+    them: on 2 cores two one-thread seeds train faster than one two-thread seed after another
+    (small LSTM batches do not scale over threads). A seed's numbers depend only on its thread
+    count (float summation order), not on how many seeds run beside it.
     """
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
@@ -345,11 +389,24 @@ def run_training(corpus_dir: str | Path, cfg: Config, out_dir: str | Path, log: 
     log(f"{len(prep.calls)} calls ({_describe(prep)}); train/dev/test = "
         f"{n_split['train']}/{n_split['dev']}/{n_split['test']}")
     results = []
+    todo = [s for s in prep.cfg.train.seeds if not (out_dir / f"seed_{s}" / "result.json").is_file()]
+    if jobs > 1 and len(todo) > 1:
+        import multiprocessing
+        import os
+
+        total = prep.cfg.train.threads or os.cpu_count() or 1
+        per = max(1, total // min(jobs, len(todo)))
+        log(f"training seeds {todo} in {min(jobs, len(todo))} processes ({per} thread(s) each)")
+        ctx = multiprocessing.get_context("spawn")  # no forked torch thread pools
+        with ctx.Pool(min(jobs, len(todo))) as workers:
+            workers.starmap(_seed_job, [(str(corpus_dir), prep.cfg.to_dict(), calls, s, str(out_dir / f"seed_{s}"), per)
+                                        for s in todo])
     for seed in prep.cfg.train.seeds:
         seed_dir = out_dir / f"seed_{seed}"
         done = seed_dir / "result.json"
         if done.is_file():
-            log(f"seed {seed}: already finished, skipped")
+            if seed not in todo:
+                log(f"seed {seed}: already finished, skipped")
             results.append(json.loads(done.read_text()))
             continue
         if progress_factory is None:

@@ -25,8 +25,15 @@ def ccc(pred: torch.Tensor, gold: torch.Tensor, mask: torch.Tensor | None = None
     return 2.0 * cov / (vp + vg + (mp - mg) ** 2 + eps)
 
 
-def ccc_loss(pred: torch.Tensor, gold: torch.Tensor, mask: torch.Tensor | None = None) -> torch.Tensor:
-    return 1.0 - ccc(pred, gold, mask)
+def ccc_loss(pred: torch.Tensor, gold: torch.Tensor, mask: torch.Tensor | None = None,
+             mse_weight: float = 0.0) -> torch.Tensor:
+    """``1 - CCC``, plus ``mse_weight`` times the mean squared error over the same positions."""
+    loss = 1.0 - ccc(pred, gold, mask)
+    if mse_weight:
+        m = (mask if mask is not None else torch.ones_like(pred, dtype=torch.bool)) & torch.isfinite(gold)
+        if m.any():
+            loss = loss + mse_weight * ((pred[m] - gold[m]) ** 2).mean()
+    return loss
 
 
 def bce_loss(logits: torch.Tensor, target: torch.Tensor) -> torch.Tensor:

@@ -22,6 +22,10 @@ import torch
 from torch import nn
 
 
+CONV_NORMS = ("none", "batch")
+LSTM_INITS = ("default", "orthogonal")
+
+
 @dataclass(frozen=True)
 class ModelConfig:
     """Sizes of the CRNN; defaults are the paper's."""
@@ -38,11 +42,23 @@ class ModelConfig:
     # Output heads, in this order: always valence and arousal; optional interval context task
     # (the paper's empathy, "alpha" task) and binary context task (gender, "beta" task).
     outputs: tuple[str, ...] = ("valence", "arousal")
+    # Normalisation inside each conv block, between the convolution and its ReLU: "none" (the
+    # paper) or "batch" (batch norm, as End2You's Emo18). Batch norm is what stopped the epoch-3
+    # unlearning of the default recipe (MODEL_CARD.md); in eval mode it is an affine map per channel,
+    # which the ONNX export folds into the convolution, so exported graphs keep the paper's shape.
+    conv_norm: str = "none"
+    # LSTM initialisation: "default" (torch's uniform) or "orthogonal" (orthogonal recurrent
+    # weights, Xavier input weights, forget-gate bias 1: the usual remedy for a saturating LSTM).
+    lstm_init: str = "default"
 
     def __post_init__(self) -> None:
         n = len(self.conv_channels)
         if not (len(self.conv_kernels) == n == len(self.pool_sizes)):
             raise ValueError("conv_channels, conv_kernels and pool_sizes must have the same length")
+        if self.conv_norm not in CONV_NORMS:
+            raise ValueError(f"conv_norm must be one of {', '.join(CONV_NORMS)}, not {self.conv_norm!r}")
+        if self.lstm_init not in LSTM_INITS:
+            raise ValueError(f"lstm_init must be one of {', '.join(LSTM_INITS)}, not {self.lstm_init!r}")
         if self.outputs[:2] != ("valence", "arousal"):
             raise ValueError("the first two outputs must be valence and arousal")
 
@@ -95,7 +111,8 @@ class CRNN(nn.Module):
         blocks: list[nn.Module] = []
         in_ch = 1
         for ch, k, p in zip(config.conv_channels, config.conv_kernels, config.pool_sizes):
-            blocks += [nn.Conv1d(in_ch, ch, k), nn.ReLU(), nn.MaxPool1d(p, stride=p)]
+            norm = [MaskedBatchNorm1d(ch)] if config.conv_norm == "batch" else []
+            blocks += [nn.Conv1d(in_ch, ch, k), *norm, nn.ReLU(), nn.MaxPool1d(p, stride=p)]
             in_ch = ch
         self.cnn = nn.Sequential(*blocks)
         self.lstm = nn.LSTM(
@@ -112,29 +129,105 @@ class CRNN(nn.Module):
             prev = size
         mlp.append(nn.Linear(prev, len(config.outputs)))
         self.mlp = nn.Sequential(*mlp)
+        if config.lstm_init == "orthogonal":
+            _orthogonal_lstm_init(self.lstm)
 
-    def forward(self, audio: torch.Tensor) -> torch.Tensor:
-        """Whole-call pass on an unpadded waveform ``[batch, samples]``."""
+    def forward(self, audio: torch.Tensor, lengths: torch.Tensor | None = None) -> torch.Tensor:
+        """Whole-call pass on an unpadded waveform ``[batch, samples]``.
+
+        ``lengths`` (samples of real audio per row of a zero-padded training batch) keeps the
+        padding out of the batch-norm statistics; it changes nothing else and nothing in eval mode.
+        """
         c = self.config
         padded = nn.functional.pad(audio, (c.pad_left, c.pad_right))
-        out, _ = self.forward_padded(padded)
+        valid = None if lengths is None else lengths + c.pad_left
+        out, _ = self.forward_padded(padded, valid=valid)
         return out
 
     def forward_padded(
         self,
         padded: torch.Tensor,
         state: tuple[torch.Tensor, torch.Tensor] | None = None,
+        valid: torch.Tensor | None = None,
     ) -> tuple[torch.Tensor, tuple[torch.Tensor, torch.Tensor]]:
         """Streaming step: input already carries its context (``receptive_field - hop`` extra samples).
 
         Returns per-frame outputs and the LSTM state ``(h, c)``, each ``[layers, batch, hidden]``.
+        ``valid``: leading input samples of each row that are not batch padding (see :meth:`forward`).
         """
-        feats = self.cnn(padded.unsqueeze(1)).transpose(1, 2)  # [B, frames, channels]
+        if valid is None or not self.training or self.config.conv_norm == "none":
+            feats = self.cnn(padded.unsqueeze(1))
+        else:
+            feats = padded.unsqueeze(1)
+            for layer in self.cnn:
+                if isinstance(layer, nn.Conv1d):
+                    valid = valid - (layer.kernel_size[0] - 1)
+                elif isinstance(layer, nn.MaxPool1d):
+                    valid = torch.div(valid, layer.kernel_size, rounding_mode="floor")
+                if isinstance(layer, MaskedBatchNorm1d):
+                    feats = layer(feats, valid)
+                else:
+                    feats = layer(feats)
+        feats = feats.transpose(1, 2)  # [B, frames, channels]
         seq, new_state = self.lstm(feats, state)
         return self.mlp(seq), new_state
 
     def n_params(self) -> int:
         return sum(p.numel() for p in self.parameters())
+
+
+class MaskedBatchNorm1d(nn.BatchNorm1d):
+    """Batch norm whose training statistics skip the zero padding of a batch.
+
+    Training batches pad shorter segments with zeros; counted in, that padding drags the batch mean
+    and variance towards the silence response and makes train-mode and eval-mode activations
+    differ (seen as negative dev CCC in early epochs). Without a mask, or in eval mode, this is
+    ``nn.BatchNorm1d`` exactly -- what the ONNX export sees and folds into the convolution.
+    """
+
+    def forward(self, x: torch.Tensor, valid: torch.Tensor | None = None) -> torch.Tensor:
+        """``valid`` [B]: leading positions of each row that are real (the rest is padding)."""
+        if valid is None or not self.training or bool((valid >= x.shape[-1]).all()):
+            return super().forward(x)
+        # Per-row mean/variance over the row's valid part, pooled over rows (parallel-axis rule):
+        # no [B, C, T] mask or temporaries -- the first block's activations are ~400 MB a batch.
+        counts, means, vars_ = [], [], []
+        for b in range(x.shape[0]):
+            v = int(valid[b].clamp(min=0, max=x.shape[-1]))
+            if v > 0:
+                var_b, mean_b = torch.var_mean(x[b, :, :v], dim=-1, unbiased=False)
+                counts.append(float(v)), means.append(mean_b), vars_.append(var_b)
+        if not counts:
+            return super().forward(x)
+        w = torch.tensor(counts, dtype=x.dtype, device=x.device)[:, None]
+        n = w.sum()
+        m_rows, v_rows = torch.stack(means), torch.stack(vars_)
+        mean = (w * m_rows).sum(0) / n
+        var = (w * (v_rows + (m_rows - mean) ** 2)).sum(0) / n
+        with torch.no_grad():
+            self.num_batches_tracked += 1
+            mom = self.momentum if self.momentum is not None else 1.0 / float(self.num_batches_tracked)
+            self.running_mean.mul_(1 - mom).add_(mom * mean.detach())
+            self.running_var.mul_(1 - mom).add_(mom * var.detach() * n / max(float(n) - 1, 1.0))
+        scale = self.weight * torch.rsqrt(var + self.eps)
+        shift = self.bias - mean * scale
+        return torch.addcmul(shift[None, :, None], x, scale[None, :, None])
+
+
+def _orthogonal_lstm_init(lstm: nn.LSTM) -> None:
+    """Orthogonal recurrent weights per gate, Xavier input weights, forget-gate bias 1 (b_ih only)."""
+    h = lstm.hidden_size
+    for name, p in lstm.named_parameters():
+        with torch.no_grad():
+            if name.startswith("weight_hh"):
+                for g in range(4):
+                    nn.init.orthogonal_(p[g * h:(g + 1) * h])
+            elif name.startswith("weight_ih"):
+                nn.init.xavier_uniform_(p)
+            elif name.startswith("bias"):
+                p.zero_()
+                if name.startswith("bias_ih"):
+                    p[h:2 * h] = 1.0  # gate order i, f, g, o
 
 
 def macs_per_second(config: ModelConfig = ModelConfig()) -> float:

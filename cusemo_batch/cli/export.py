@@ -121,6 +121,7 @@ def _print_quant(rep) -> None:  # rep: cusemo_batch.export.quantize.QuantReport
 @click.argument("model", type=click.Path(dir_okay=False, path_type=Path))
 def info_cmd(model: Path) -> None:
     """Print an exported model's metadata, inputs/outputs and size (either file of the pair)."""
+    from cusemo_batch.audio import describe_normalisation
     from cusemo_batch.files import sha256_file
     from cusemo_batch.model import (REQUIRED_KEYS, ModelError, decode_metadata, open_session, read_metadata,
                                     stream_path_for)
@@ -140,6 +141,7 @@ def info_cmd(model: Path) -> None:
         v = decoded[k]
         t.add_row(k, escape(v if isinstance(v, str) else json.dumps(v)))
     console.print(t)
+    console.print(f"input level: {escape(describe_normalisation(str(decoded.get('normalisation'))))}")
     io = Table(title="inputs / outputs")
     for col in ("", "name", "type", "shape"):
         io.add_column(col)

@@ -40,21 +40,24 @@ def _parse_seeds(text: str | None) -> tuple[int, ...] | None:
 @click.option("--batch-size", type=int, help="Override [train] batch_size.")
 @click.option("--lr", type=float, help="Override [train] lr.")
 @click.option("--threads", type=int, help="torch threads (default: torch's choice).")
+@click.option("--jobs", type=click.IntRange(min=1), default=1, show_default=True,
+              help="Seeds trained at once in separate processes (they share the threads).")
 @click.option("--calls", "calls_file", type=click.Path(exists=True, dir_okay=False, path_type=Path),
               help="Train on these calls only: a CSV/Parquet with a call_id column (e.g. the "
                    "selected.csv of `prepare select`, the paper's ICC > 0.7 rule) or one id per line.")
 def train(corpus: Path, out: Path, config_path: Path | None, epochs: int | None, seeds: str | None,
-          batch_size: int | None, lr: float | None, threads: int | None, calls_file: Path | None) -> None:
+          batch_size: int | None, lr: float | None, threads: int | None, jobs: int,
+          calls_file: Path | None) -> None:
     """Train the CusEmo CRNN on a CORPUS in the CusEmo layout (one run per seed).
 
     Splits are by speaker when context.csv has a `speaker` column, else by call. Prints the test
     CCC of the best-dev checkpoint per seed and its mean (sd) over seeds.
     """
     require_torch()
-    _train(corpus, out, config_path, epochs, seeds, batch_size, lr, threads, calls_file)
+    _train(corpus, out, config_path, epochs, seeds, batch_size, lr, threads, calls_file, jobs)
 
 
-def _train(corpus, out, config_path, epochs, seeds, batch_size, lr, threads, calls_file=None) -> None:
+def _train(corpus, out, config_path, epochs, seeds, batch_size, lr, threads, calls_file=None, jobs=1) -> None:
     from cusemo_batch.training.config import load_config
     from cusemo_batch.training.loop import read_call_list, run_training
 
@@ -73,7 +76,7 @@ def _train(corpus, out, config_path, epochs, seeds, batch_size, lr, threads, cal
                       f"batch {cfg.train.batch_size}, alpha {cfg.loss.alpha:g}, beta {cfg.loss.beta:g}")
         summary = run_training(corpus, cfg, out, log=console.print,
                                progress_factory=(lambda d: progress(d, None)) if console.is_terminal else None,
-                               calls=calls)
+                               calls=calls, jobs=jobs)
         _print_summary(summary)
         console.print(f"run directory: {out}  (best seed {summary['best_seed']}: "
                       f"{out / ('seed_' + str(summary['best_seed'])) / 'best.pt'})")

@@ -1,0 +1,72 @@
+"""Input level: the active-speech level of a track and the normalisation that removes it.
+
+Why this exists: a raw-waveform CRNN sees the input *level*, and in acted corpora the level is a
+label proxy (RAVDESS: angry utterances around -26 dBFS active-speech RMS, calm around -46), so a
+model trained on raw audio learns loudness. A call center's lines, headsets and codecs put clients
+anywhere from -40 to -6 dBFS, so every loud line would read as an angry client. The model contract
+``speech_rms`` therefore scales each speaker track, as a whole, to a fixed active-speech level
+before inference -- in training (:mod:`cusemo_batch.training.data`), export checks and scoring
+(:mod:`cusemo_batch.scorer`), all through :func:`cusemo_batch.audio.normalise`, which calls
+:func:`normalise_level` here. One gain per track: loudness changes *within* a call (a client raising
+their voice) still reach the model; only the track's overall level is removed.
+
+Active-speech level (:func:`active_level_db`): energies of 20 ms frames (mean removed, as the VAD
+computes them); the *reference* is a high percentile (p95) of those energies, and the active frames
+are the ones within ``window_db`` (30 dB) of it -- the syllables, not the pauses, hum or line noise
+between them (a fixed ``-x dBFS`` gate would not scale with the level and would break invariance).
+The level is the RMS over the active frames, in dBFS. Every step is scale-equivariant: multiplying
+the track by ``g`` adds ``20 log10 g`` dB to every frame energy, to the reference and to the level,
+and selects the same frames, so the normalised output is the same (to float rounding) whatever the
+input gain. This is close to ITU-T P.56's active speech level, without its envelope detector.
+
+Gain limit: at most ``MAX_GAIN_DB`` (60 dB) up or down; a track quieter than that (below about
+-86 dBFS) is not speech the product can score, and the limit keeps digital near-silence from being
+blown up to full scale.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+from .silence import frame_energy_db
+
+LEVEL_METHOD = "speech_rms"  # the name recorded in ONNX metadata and checkpoints
+TARGET_DBFS = -26.0  # target active-speech RMS (ITU-T P.56's nominal speech level)
+WINDOW_DB = 30.0  # frames within this of the reference energy are active speech
+REFERENCE_PERCENTILE = 95.0  # robust "loudest" energy: a click or a pop is not the reference
+FRAME_S = 0.02
+MAX_GAIN_DB = 60.0
+DESCRIPTION = (f"{LEVEL_METHOD}: each speaker track scaled by one gain to {TARGET_DBFS:g} dBFS active-speech "
+               f"RMS (20 ms frames within {WINDOW_DB:g} dB of the track's p{REFERENCE_PERCENTILE:g} energy)")
+
+
+def active_level_db(x: np.ndarray, sample_rate: int, *, window_db: float = WINDOW_DB,
+                    percentile: float = REFERENCE_PERCENTILE, frame_s: float = FRAME_S) -> float:
+    """Active-speech RMS level of ``x`` in dBFS (``-inf`` for digital silence or empty input).
+
+    The RMS is taken over the frames whose energy is within ``window_db`` of the ``percentile``-th
+    percentile of all frame energies (module docstring: why each choice).
+    """
+    energy = frame_energy_db(np.asarray(x, dtype=np.float32), sample_rate, frame_s)
+    if energy.size == 0:
+        return float("-inf")
+    ref = float(np.percentile(energy, percentile))
+    if ref <= -119.0:  # digital silence (frame_energy_db's floor is -120)
+        return float("-inf")
+    active = energy[energy >= ref - window_db]
+    power = np.mean(np.power(10.0, active / 10.0))
+    return float(10.0 * np.log10(power))
+
+
+def level_gain_db(x: np.ndarray, sample_rate: int, target_dbfs: float = TARGET_DBFS) -> float:
+    """Gain in dB that brings ``x`` to ``target_dbfs`` active-speech RMS (0 for digital silence)."""
+    level = active_level_db(x, sample_rate)
+    if not np.isfinite(level):
+        return 0.0
+    return float(np.clip(target_dbfs - level, -MAX_GAIN_DB, MAX_GAIN_DB))
+
+
+def normalise_level(x: np.ndarray, sample_rate: int, target_dbfs: float = TARGET_DBFS) -> np.ndarray:
+    """``x`` scaled by one gain to ``target_dbfs`` active-speech RMS (float32, a new array)."""
+    gain = np.float32(10.0 ** (level_gain_db(x, sample_rate, target_dbfs) / 20.0))
+    return (np.asarray(x, dtype=np.float32) * gain).astype(np.float32, copy=False)

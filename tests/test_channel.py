@@ -1,0 +1,102 @@
+"""Telephone-channel effects (cusemo_batch.channel) and training augmentation, against references."""
+
+import numpy as np
+import pytest
+from scipy.signal import welch
+
+from cusemo_batch import channel
+from cusemo_batch.audio import load_audio
+from cusemo_batch.level import active_level_db
+from cusemo_batch.training.augment import AugmentConfig, augment
+
+SR = 8000
+
+
+def _tone(hz: float, seconds: float = 2.0, amp: float = 0.3) -> np.ndarray:
+    t = np.arange(int(seconds * SR)) / SR
+    return (amp * np.sin(2 * np.pi * hz * t)).astype(np.float32)
+
+
+def _gain_db(x: np.ndarray, y: np.ndarray) -> float:
+    s = slice(SR // 2, None)  # skip the filter's start-up
+    return 10 * np.log10(np.mean(y[s].astype(np.float64) ** 2) / np.mean(x[s].astype(np.float64) ** 2))
+
+
+def test_bandpass_passes_the_telephone_band_only():
+    assert abs(_gain_db(_tone(1000), channel.bandpass(_tone(1000), SR))) < 0.5
+    assert _gain_db(_tone(100), channel.bandpass(_tone(100), SR)) < -20  # mains hum, low rumble
+    assert _gain_db(_tone(3900), channel.bandpass(_tone(3900), SR)) < -10
+    assert channel.bandpass(_tone(1000), 16000).dtype == np.float32
+
+
+@pytest.mark.parametrize("name,min_snr", [("ulaw", 30.0), ("alaw", 30.0), ("gsm", 3.0)])
+def test_codecs_round_trip_real_speech(ravdess_dir, name, min_snr):
+    x = load_audio(ravdess_dir / "audio" / "03-01-05-02-01-01-12.flac", SR)
+    x = x * np.float32(10 ** ((-20 - active_level_db(x, SR)) / 20))
+    y = channel.codec(x, SR, name)
+    assert y.shape == x.shape and y.dtype == np.float32
+    snr = 10 * np.log10(np.sum(x.astype(np.float64) ** 2) / np.sum((x - y).astype(np.float64) ** 2))
+    assert snr > min_snr  # G.711: ~38 dB on speech; GSM (a vocoder) keeps the envelope, not the waveform
+    assert not np.array_equal(x, y)
+    # a codec has no headroom: full scale clips
+    assert np.abs(channel.codec(x * 100, SR, name)).max() <= 1.0 + 1e-6
+    with pytest.raises(ValueError, match="unknown codec"):
+        channel.codec(x, SR, "mp3")
+    with pytest.raises(ValueError, match="8000"):
+        channel.codec(x, 16000, "gsm")
+
+
+def test_noise_is_added_at_the_requested_snr_against_active_speech():
+    burst = np.concatenate([np.zeros(SR, np.float32), _tone(500, 1.0), np.zeros(SR, np.float32)])
+    rng = np.random.default_rng(0)
+    for snr in (10.0, 30.0):
+        y = channel.add_noise(burst, snr, rng, sample_rate=SR, colour="white")
+        noise = y - burst
+        measured = active_level_db(burst, SR) - 10 * np.log10(np.mean(noise.astype(np.float64) ** 2))
+        assert measured == pytest.approx(snr, abs=0.01)
+    # pink noise: more power at low than at high frequencies (1/f: about 10 dB per decade)
+    y = channel.add_noise(burst, 0.0, np.random.default_rng(1), sample_rate=SR, colour="pink") - burst
+    f, p = welch(y, SR, nperseg=1024)
+    low, high = p[(f > 100) & (f < 200)].mean(), p[(f > 1000) & (f < 2000)].mean()
+    assert 10 * np.log10(low / high) == pytest.approx(10.0, abs=2.0)
+
+
+def test_room_impulse_decays_at_rt60_and_reverb_keeps_length():
+    rng = np.random.default_rng(3)
+    h = channel.room_impulse(SR, 0.3, rng, direct_ratio_db=6.0)
+    assert h[0] == 1.0 and h.size == int(0.3 * SR)
+    tail = h[1:] ** 2
+    assert 10 * np.log10(tail.sum()) == pytest.approx(-6.0, abs=1e-6)  # direct-to-tail energy
+    early, late = tail[:200].mean(), tail[-200:].mean()
+    assert 10 * np.log10(early / late) == pytest.approx(60 * (h.size - 200) / h.size, abs=4.0)
+    x = _tone(700)
+    assert channel.reverb(x, SR, 0.3, rng).shape == x.shape
+
+
+def test_telephone_condition_is_deterministic():
+    x = _tone(800) + np.random.default_rng(4).normal(0, 0.01, 2 * SR).astype(np.float32)
+    a = channel.telephone(x, SR, seed=5)
+    assert np.array_equal(a, channel.telephone(x, SR, seed=5))
+    assert not np.array_equal(a, channel.telephone(x, SR, seed=6))
+
+
+def test_augment_draws_a_random_line_reproducibly(ravdess_dir):
+    x = load_audio(ravdess_dir / "audio" / "03-01-01-01-01-01-01.flac", SR)
+    cfg = AugmentConfig(enabled=True)
+    a = augment(x, SR, cfg, np.random.default_rng(7))
+    assert np.array_equal(a, augment(x, SR, cfg, np.random.default_rng(7)))
+    assert a.shape == x.shape and a.dtype == np.float32
+    # level only: the active level lands in the configured range, nothing else is applied
+    only_level = AugmentConfig(enabled=True, p_bandpass=0, p_codec=0, p_noise=0, p_reverb=0, level_dbfs=(-40, -30))
+    levels = [active_level_db(augment(x, SR, only_level, np.random.default_rng(s)), SR) for s in range(8)]
+    assert all(-40 - 1e-3 <= v <= -30 + 1e-3 for v in levels) and np.ptp(levels) > 2
+    y = augment(x, SR, only_level, np.random.default_rng(0)).astype(np.float64)
+    g = float(np.dot(y, x) / np.dot(x, x))
+    np.testing.assert_allclose(y, g * x, atol=1e-6)  # one gain: loudness changes inside survive
+
+
+@pytest.mark.parametrize("bad,msg", [({"p_noise": 1.5}, "probability"), ({"snr_db": (30, 10)}, "low <= high"),
+                                     ({"codecs": ("opus",)}, "codecs"), ({"level_dbfs": (-20, 3)}, "0 dBFS")])
+def test_augment_config_is_validated(bad, msg):
+    with pytest.raises(ValueError, match=msg):
+        AugmentConfig(enabled=True, **bad).validate()

@@ -1,0 +1,83 @@
+"""Channel augmentation for training: each segment, each epoch, through a random telephone line.
+
+Why: the default model is trained on studio speech (RAVDESS) whose *level* tracks the label, and is
+used on call-center lines. Drawing a random line per segment -- level, band, codec, noise, room --
+teaches the network that none of these carry emotion. The effects are the functions of
+:mod:`cusemo_batch.channel` (also used by the benchmark's telephone condition); this module only
+draws their parameters from ``[augment]`` in the training TOML (:class:`AugmentConfig`).
+
+Order of the chain, as on a real line: room (reverberation) -> background noise -> line level
+(random active-speech level, so the codec's clipping and quantisation noise differ too) ->
+handset band-pass -> codec. The model's input normalisation runs afterwards, on the augmented
+segment (:func:`cusemo_batch.training.data.batch_arrays`), exactly as the scorer normalises a track.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+
+from cusemo_batch import channel
+from cusemo_batch.level import active_level_db
+
+
+@dataclass(frozen=True)
+class AugmentConfig:
+    """``[augment]``: probabilities and parameter ranges of each effect (off unless ``enabled``)."""
+
+    enabled: bool = False
+    # Line level: the segment is scaled to an active-speech level drawn uniformly from this range
+    # (dBFS), whatever its level in the corpus, so level carries no label information.
+    level_dbfs: tuple[float, float] = (-45.0, -6.0)
+    p_bandpass: float = 0.5  # telephone band 300-3400 Hz
+    p_codec: float = 0.5  # one of ``codecs``, uniformly
+    codecs: tuple[str, ...] = channel.CODECS
+    p_noise: float = 0.5
+    snr_db: tuple[float, float] = (10.0, 30.0)  # against the active-speech level
+    p_reverb: float = 0.3
+    rt60_s: tuple[float, float] = (0.1, 0.4)
+
+    def validate(self) -> None:
+        """Raise ValueError with a one-line reason on an unusable setting."""
+        for name in ("p_bandpass", "p_codec", "p_noise", "p_reverb"):
+            p = getattr(self, name)
+            if not 0.0 <= p <= 1.0:
+                raise ValueError(f"{name} must be a probability in [0, 1], got {p}")
+        for name in ("level_dbfs", "snr_db", "rt60_s"):
+            lo_hi = getattr(self, name)
+            if len(lo_hi) != 2 or lo_hi[0] > lo_hi[1]:
+                raise ValueError(f"{name} must be [low, high] with low <= high, got {list(lo_hi)}")
+        if self.rt60_s[0] <= 0:
+            raise ValueError("rt60_s must be positive")
+        if self.level_dbfs[1] > 0:
+            raise ValueError("level_dbfs must be at most 0 dBFS")
+        unknown = [c for c in self.codecs if c not in channel.CODECS]
+        if unknown or (self.p_codec > 0 and not self.codecs):
+            raise ValueError(f"codecs must be a non-empty list of {', '.join(channel.CODECS)}, got {list(self.codecs)}")
+
+
+def augment(x: np.ndarray, sample_rate: int, cfg: AugmentConfig, rng: np.random.Generator) -> np.ndarray:
+    """One random line applied to ``x`` (float32 out; ``x`` itself is never modified).
+
+    Draws happen in a fixed order whatever is applied, so a seed gives the same line for the same
+    segment even when a probability changes elsewhere in the chain.
+    """
+    draws = rng.random(4)
+    rt60 = rng.uniform(*cfg.rt60_s)
+    snr = rng.uniform(*cfg.snr_db)
+    level = rng.uniform(*cfg.level_dbfs)
+    codec_name = cfg.codecs[int(rng.integers(len(cfg.codecs)))] if cfg.codecs else None
+    y = np.asarray(x, dtype=np.float32)
+    if draws[0] < cfg.p_reverb:
+        y = channel.reverb(y, sample_rate, rt60, rng)
+    if draws[1] < cfg.p_noise:
+        y = channel.add_noise(y, snr, rng, sample_rate=sample_rate)
+    current = active_level_db(y, sample_rate)
+    if np.isfinite(current):
+        y = channel.apply_gain(y, level - current)
+    if draws[2] < cfg.p_bandpass:
+        y = channel.bandpass(y, sample_rate)
+    if draws[3] < cfg.p_codec and codec_name is not None:
+        y = channel.codec(y, sample_rate, codec_name)
+    return y.astype(np.float32, copy=False)
