@@ -1,5 +1,6 @@
-"""Helpers of the accuracy benchmark (``bench_accuracy.py``): eGEMAPS windows, reference change
-events, event matching, speech ratio, corpus hash. Pure numpy / polars / opensmile; no torch.
+"""Helpers of the accuracy benchmarks (``bench_accuracy.py``, ``bench_transfer.py``): eGEMAPS windows
+and whole-file functionals (cached), reference change events, event matching, speech ratio and
+speech frames, corpus hash. Pure numpy / polars / opensmile; no torch.
 
 Conventions (as in :mod:`cusemo_batch.timegrid`): label bin ``k`` of width ``bin_s`` covers
 ``[k*bin_s, (k+1)*bin_s)`` seconds of the call, its centre is ``(k + 0.5) * bin_s``.
@@ -110,25 +111,94 @@ def features_for_bins(w: WindowFeatures, n_bins: int, bin_s: float, delay_bins: 
 def cached_windows(audio_path: Path, x: np.ndarray, sample_rate: int, window_s: float, bin_s: float,
                    cache_dir: Path | None) -> WindowFeatures:
     """:func:`extract_windows` with a per-call ``.npz`` cache keyed by audio bytes and parameters."""
+    content = sha256_file(audio_path) if cache_dir is not None else ""
+    return _cached_windows(audio_path.stem, content, x, sample_rate, window_s, bin_s, cache_dir)
+
+
+def cached_windows_of_array(name: str, x: np.ndarray, sample_rate: int, window_s: float, bin_s: float,
+                            cache_dir: Path | None) -> WindowFeatures:
+    """:func:`extract_windows` of audio that exists only in memory (a simulated channel or level),
+    cached under ``name`` and keyed by the samples themselves: a change in the code that made them
+    (a codec, a noise generator) gives other samples, hence a cache miss, never stale features."""
+    content = array_sha256(x) if cache_dir is not None else ""
+    return _cached_windows(name, content, x, sample_rate, window_s, bin_s, cache_dir)
+
+
+def array_sha256(x: np.ndarray) -> str:
+    """sha256 of the float32 samples (the bytes openSMILE is given)."""
+    return hashlib.sha256(np.ascontiguousarray(x, dtype=np.float32).tobytes()).hexdigest()
+
+
+def _cached_windows(name: str, content_sha: str, x: np.ndarray, sample_rate: int, window_s: float, bin_s: float,
+                    cache_dir: Path | None) -> WindowFeatures:
     path = None
     if cache_dir is not None:
         import opensmile
 
-        key = hashlib.sha256("|".join([sha256_file(audio_path), str(sample_rate), f"{window_s:g}", f"{bin_s:g}",
+        key = hashlib.sha256("|".join([content_sha, str(sample_rate), f"{window_s:g}", f"{bin_s:g}",
                                        opensmile.__version__, "eGeMAPSv02", "fixed-v1"]).encode()).hexdigest()[:20]
-        path = cache_dir / f"{audio_path.stem}-{key}.npz"
+        path = cache_dir / f"{name}-{key}.npz"
         if path.is_file():
             z = np.load(path, allow_pickle=False)
             return WindowFeatures(z["features"], z["start_s"], z["end_s"], [str(c) for c in z["columns"]],
                                   float(z["window_s"]))
     w = extract_windows(x, sample_rate, window_s, bin_s)
     if path is not None:
-        cache_dir.mkdir(parents=True, exist_ok=True)
-        tmp = path.with_suffix(f".tmp{os.getpid()}.npz")
-        np.savez(tmp, features=w.features, start_s=w.start_s, end_s=w.end_s, columns=np.array(w.columns),
-                 window_s=np.float64(w.window_s))
-        os.replace(tmp, path)
+        _save_npz(path, features=w.features, start_s=w.start_s, end_s=w.end_s, columns=np.array(w.columns),
+                  window_s=np.float64(w.window_s))
     return w
+
+
+def _save_npz(path: Path, **arrays) -> None:
+    """Write atomically (rename), so a killed run never leaves a truncated cache entry."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_suffix(f".tmp{os.getpid()}.npz")
+    np.savez(tmp, **arrays)
+    os.replace(tmp, path)
+
+
+# --------------------------------------------------------------------------------------------------
+# eGEMAPS functionals of a whole (short) file
+# --------------------------------------------------------------------------------------------------
+#
+# For one score per file (BAVED words, 1-3 s): openSMILE's default eGeMAPSv02 functionals over the
+# whole input -- the same 88 features, in the same order, as the windows above, so a regressor
+# trained on windows applies unchanged. A file is shorter than a training window (4 s), which is
+# the closest a single vector gets to the training features.
+
+_SMILE_FULL = None
+
+
+def file_functionals(x: np.ndarray, sample_rate: int) -> tuple[np.ndarray, list[str]]:
+    """The 88 eGeMAPS v02 functionals of the whole signal (float32) and their column names."""
+    global _SMILE_FULL
+    import opensmile
+
+    if _SMILE_FULL is None:
+        _SMILE_FULL = opensmile.Smile(feature_set=opensmile.FeatureSet.eGeMAPSv02,
+                                      feature_level=opensmile.FeatureLevel.Functionals)
+    df = _SMILE_FULL.process_signal(np.ascontiguousarray(x, dtype=np.float32), sample_rate)
+    return df.to_numpy(dtype=np.float32)[0], list(df.columns)
+
+
+def cached_file_functionals(name: str, x: np.ndarray, sample_rate: int,
+                            cache_dir: Path | None) -> tuple[np.ndarray, list[str]]:
+    """:func:`file_functionals` cached under ``name``, keyed by the samples (as
+    :func:`cached_windows_of_array`)."""
+    path = None
+    if cache_dir is not None:
+        import opensmile
+
+        key = hashlib.sha256("|".join([array_sha256(x), str(sample_rate), opensmile.__version__, "eGeMAPSv02",
+                                       "full-v1"]).encode()).hexdigest()[:20]
+        path = cache_dir / f"{name}-{key}.npz"
+        if path.is_file():
+            z = np.load(path, allow_pickle=False)
+            return z["features"], [str(c) for c in z["columns"]]
+    f, columns = file_functionals(x, sample_rate)
+    if path is not None:
+        _save_npz(path, features=f, columns=np.array(columns))
+    return f, columns
 
 
 # --------------------------------------------------------------------------------------------------
@@ -144,6 +214,18 @@ def speech_ratio(x: np.ndarray, sample_rate: int, n_bins: int, bin_s: float, vad
     win = np.clip(((np.arange(len(speech)) + 0.5) * vad_s / bin_s).astype(np.int64), 0, n_bins - 1)
     ratio = np.bincount(win, weights=speech.astype(np.float64), minlength=n_bins)[:n_bins] * vad_s / bin_s
     return np.clip(ratio, 0.0, 1.0)
+
+
+def speech_frames(x: np.ndarray, sample_rate: int, n_frames: int, frame_s: float, vad_frame_s: float) -> np.ndarray:
+    """Which model frames (``frame_s`` apart, frame ``j`` centred at ``(j + 0.5) * frame_s``) the
+    scorer's VAD (``silence.detect_speech``) hears as speech: each frame takes the decision of the
+    VAD frame under its centre."""
+    speech = silence.detect_speech(x, sample_rate, vad_frame_s)
+    if speech.size == 0:
+        return np.zeros(n_frames, dtype=bool)
+    vad_s = silence.frame_hop(sample_rate, vad_frame_s) / sample_rate
+    idx = np.clip(((np.arange(n_frames) + 0.5) * frame_s / vad_s).astype(np.int64), 0, len(speech) - 1)
+    return speech[idx]
 
 
 # --------------------------------------------------------------------------------------------------

@@ -41,6 +41,9 @@ perfect signal). The train-mean predictor is constant, so it detects nothing.
 Outputs: a Markdown table (printed and written to ``--out-md``) and JSON (``--out-json``) with the
 command line, date, model sha256, corpus hash, split sizes and every number. openSMILE features are
 cached per call (``--cache``), so a re-run with another model costs only the CRNN pass.
+
+``bench_transfer.py`` (channel, level and cross-corpus rows, issue 14) reuses this module's loading
+(:func:`prepare`), CRNN pass (:func:`crnn_bins`) and baseline (:func:`fit_egemaps_ridge`).
 """
 
 from __future__ import annotations
@@ -169,14 +172,18 @@ def build_calls(args, model: Model, corpus, split: dict[str, str], gold_method: 
 
 
 # ------------------------------------------------------------------------------------------ systems
+def crnn_bins(model: Model, x: np.ndarray, n_bins: int, bin_s: float) -> dict[str, np.ndarray]:
+    """The CRNN's label bins of one call's audio ``x`` as it reaches the scorer: normalised as the
+    model's metadata says (after any simulated channel or level change, as in production), one
+    streaming pass, frames averaged into the first ``n_bins`` bins."""
+    y = model.infer_stream(normalise(x, model.normalisation, model.sample_rate))
+    frames = np.stack([y["valence"], y["arousal"]], axis=1).astype(np.float64)
+    bins = pooling_matrix(len(frames), 1.0 / model.frame_rate, bin_s, n_bins) @ frames
+    return {"valence": bins[:, 0], "arousal": bins[:, 1]}
+
+
 def crnn_predict(model: Model, calls: list[CallRec], bin_s: float) -> dict[str, dict[str, np.ndarray]]:
-    preds = {}
-    for c in calls:
-        y = model.infer_stream(normalise(c.x, model.normalisation))
-        frames = np.stack([y["valence"], y["arousal"]], axis=1).astype(np.float64)
-        bins = pooling_matrix(len(frames), 1.0 / model.frame_rate, bin_s, c.n) @ frames
-        preds[c.call_id] = {"valence": bins[:, 0], "arousal": bins[:, 1]}
-    return preds
+    return {c.call_id: crnn_bins(model, c.x, c.n, bin_s) for c in calls}
 
 
 def _extract_one(job):
@@ -206,8 +213,25 @@ def egemaps_windows(args, calls: list[CallRec], sr: int, bin_s: float) -> dict[s
     return out
 
 
-def egemaps_ridge(args, calls: list[CallRec], windows, bin_s: float) -> tuple[dict, dict]:
-    """Fit scaler + ridge on train, pick (delay, alpha) per dimension on dev, predict test."""
+@dataclasses.dataclass
+class FittedRidge:
+    """The eGEMAPS baseline of one dimension: TRAIN scaler + ridge, and the feature delay (bins)."""
+
+    scaler: object
+    reg: object
+    delay: int
+
+    def predict_windows(self, w: lib.WindowFeatures, n_bins: int, bin_s: float) -> np.ndarray:
+        """Predictions for the ``n_bins`` label bins of one call (its window features, delayed)."""
+        return self.reg.predict(self.scaler.transform(lib.features_for_bins(w, n_bins, bin_s, self.delay)))
+
+    def predict_vectors(self, X: np.ndarray) -> np.ndarray:
+        """Predictions for feature rows as they are (one vector per file: no delay applies)."""
+        return self.reg.predict(self.scaler.transform(X))
+
+
+def fit_egemaps_ridge(args, calls: list[CallRec], windows, bin_s: float) -> tuple[dict[str, FittedRidge], dict]:
+    """Fit scaler + ridge on train, pick (delay, alpha) per dimension on dev (never on test)."""
     from sklearn.linear_model import Ridge
     from sklearn.preprocessing import StandardScaler
 
@@ -243,22 +267,30 @@ def egemaps_ridge(args, calls: list[CallRec], windows, bin_s: float) -> tuple[di
                 if cc > best[d][0]:
                     best[d] = (cc, delay, alpha)
             grid.append(row)
-    preds: dict[str, dict[str, np.ndarray]] = {c.call_id: {} for c in by["test"]}
-    chosen = {}
+    fitted, chosen = {}, {}
     for k, d in enumerate(DIMS):
         cc, delay, alpha = best[d]
         Xtr, Ytr = xy("train", delay)
         sc = StandardScaler().fit(Xtr)
-        reg = Ridge(alpha=alpha).fit(sc.transform(Xtr), Ytr[:, k])
-        for c in by["test"]:
-            preds[c.call_id][d] = reg.predict(sc.transform(lib.features_for_bins(windows[c.call_id], c.n, bin_s, delay)))
+        fitted[d] = FittedRidge(sc, Ridge(alpha=alpha).fit(sc.transform(Xtr), Ytr[:, k]), delay)
         chosen[d] = {"alpha": alpha, "delay_s": delay * bin_s, "dev_ccc": cc}
     n_feat = next(iter(windows.values())).features.shape[1]
     info = {"features": f"eGeMAPSv02 functionals ({n_feat}), openSMILE, {args.window_s:g} s windows centred on "
                         f"each {bin_s:g} s bin, fixed frame mode, one pass per call",
             "n_features": n_feat, "chosen": chosen, "grid": grid,
             "train_bins": int(sum(c.n for c in by["train"]))}
-    return preds, info
+    return fitted, info
+
+
+def predict_egemaps(fitted: dict[str, FittedRidge], calls: list[CallRec], windows, bin_s: float) -> dict:
+    """call_id -> dimension -> the baseline's bins, from each call's ``windows`` (any condition)."""
+    return {c.call_id: {d: fitted[d].predict_windows(windows[c.call_id], c.n, bin_s) for d in DIMS} for c in calls}
+
+
+def egemaps_ridge(args, calls: list[CallRec], windows, bin_s: float) -> tuple[dict, dict]:
+    """Fit on train, choose on dev (:func:`fit_egemaps_ridge`), predict the test calls."""
+    fitted, info = fit_egemaps_ridge(args, calls, windows, bin_s)
+    return predict_egemaps(fitted, [c for c in calls if c.split == "test"], windows, bin_s), info
 
 
 def ccc_table(preds: dict, test: list[CallRec]) -> dict:
@@ -397,11 +429,31 @@ def markdown(res: dict) -> str:
 
 
 # ------------------------------------------------------------------------------------------ main
-def main(args: argparse.Namespace) -> dict:
-    t_start = time.perf_counter()
-    timings: dict[str, float] = {}
-    bin_s = args.rate_ms / 1000.0
+@dataclasses.dataclass
+class Setup:
+    """Everything a benchmark run reads before it scores: corpus, split, gold, calls."""
 
+    corpus_dir: Path
+    run_cfg: dict
+    corpus: object
+    data_sha: str
+    split_info: dict
+    gold_method: str
+    change_cfg: object
+    calls: list[CallRec]
+    by: dict[str, list[CallRec]]
+    segs: dict
+    model_train_sha: str | None
+
+    def part(self, name: str, sample_rate: int) -> dict:
+        """Size of one split (calls, speakers, hours, bins) for the report."""
+        cs = self.by[name]
+        return {"calls": len(cs), "speakers": len({c.speaker for c in cs}),
+                "hours": sum(len(c.x) for c in cs) / sample_rate / 3600, "bins": int(sum(c.n for c in cs))}
+
+
+def prepare(args: argparse.Namespace, model: Model, bin_s: float) -> Setup:
+    """Read the run, corpus and split; check they belong together; load every split call."""
     run_cfg = {}
     if args.run is not None:
         if not (args.run / "split.json").is_file():
@@ -411,17 +463,12 @@ def main(args: argparse.Namespace) -> dict:
     corpus_dir = args.corpus or (Path(run_cfg["corpus"]) if run_cfg.get("corpus") else None)
     if corpus_dir is None:
         sys.exit("--corpus is required (the run's config.json names none)")
-    model_path = args.model or DEFAULT_MODEL
-    if not Path(model_path).is_file():
-        sys.exit(f"{model_path}: no such model (pass --model M.onnx)")
-    model = Model(model_path, device="cpu", threads=args.threads)
     cfg_data = run_cfg.get("config", {}).get("data", {})
     gold_method = args.gold or cfg_data.get("gold", "mean")
     if gold_method not in ("mean", "median"):
         sys.exit(f"gold method {gold_method!r} of the run is not supported here (use --gold)")
     change_cfg = changes.load_change_config(args.change_config)
 
-    t = time.perf_counter()
     corpus = read_corpus(corpus_dir, min_annotators=int(cfg_data.get("min_annotators", 2)))
     data_sha = lib.data_hash(corpus.calls)
     if run_cfg.get("data_sha256") and run_cfg["data_sha256"] != data_sha:
@@ -433,13 +480,31 @@ def main(args: argparse.Namespace) -> dict:
     model_train_sha = (model.metadata.get("train_data") or {}).get("sha256") if isinstance(
         model.metadata.get("train_data"), dict) else None
     if model_train_sha and model_train_sha != data_sha:
-        log(f"WARNING: {model_path} was trained on other data (train_data sha256 {model_train_sha[:12]}… != "
+        log(f"WARNING: {model.path} was trained on other data (train_data sha256 {model_train_sha[:12]}… != "
             f"corpus {data_sha[:12]}…): its 'test' calls may not be held out")
     calls = build_calls(args, model, corpus, split, gold_method, bin_s)
     segs = lib.read_segments(Path(corpus_dir) / "segments.csv") if (Path(corpus_dir) / "segments.csv").is_file() else {}
     by = {s: [c for c in calls if c.split == s] for s in SPLITS}
     if not by["test"] or not by["train"] or not by["dev"]:
         sys.exit(f"empty split: train/dev/test = {len(by['train'])}/{len(by['dev'])}/{len(by['test'])} calls")
+    return Setup(Path(corpus_dir), run_cfg, corpus, data_sha, split_info, gold_method, change_cfg, calls, by, segs,
+                 model_train_sha)
+
+
+def main(args: argparse.Namespace) -> dict:
+    t_start = time.perf_counter()
+    timings: dict[str, float] = {}
+    bin_s = args.rate_ms / 1000.0
+
+    model_path = args.model or DEFAULT_MODEL
+    if not Path(model_path).is_file():
+        sys.exit(f"{model_path}: no such model (pass --model M.onnx)")
+    model = Model(model_path, device="cpu", threads=args.threads)
+
+    t = time.perf_counter()
+    st = prepare(args, model, bin_s)
+    corpus_dir, corpus, data_sha, calls, by, segs = st.corpus_dir, st.corpus, st.data_sha, st.calls, st.by, st.segs
+    change_cfg, gold_method, model_train_sha = st.change_cfg, st.gold_method, st.model_train_sha
     test = by["test"]
     timings["load"] = time.perf_counter() - t
     log(f"{len(calls)} calls, train/dev/test = {len(by['train'])}/{len(by['dev'])}/{len(by['test'])}; "
@@ -493,11 +558,6 @@ def main(args: argparse.Namespace) -> dict:
     timings["events"] = time.perf_counter() - t
     timings["total"] = time.perf_counter() - t_start
 
-    def part(n):
-        cs = by[n]
-        return {"calls": len(cs), "speakers": len({c.speaker for c in cs}),
-                "hours": sum(len(c.x) for c in cs) / model.sample_rate / 3600, "bins": int(sum(c.n for c in cs))}
-
     rec = model.metadata.get("test_ccc")
     import onnxruntime
     import opensmile
@@ -515,7 +575,8 @@ def main(args: argparse.Namespace) -> dict:
         "corpus": {"path": str(Path(corpus_dir).resolve()), "calls": len(corpus.calls), "data_sha256": data_sha,
                    "matches_model": model_train_sha in (None, data_sha)},
         "run": str(args.run.resolve()) if args.run else None,
-        "split": {**split_info, **{n: part(n) for n in SPLITS}, "test_calls": [c.call_id for c in test]},
+        "split": {**st.split_info, **{n: st.part(n, model.sample_rate) for n in SPLITS},
+                  "test_calls": [c.call_id for c in test]},
         "rate_s": bin_s, "gold": gold_method,
         "ccc": ccc,
         "train_mean": train_mean,
