@@ -19,6 +19,12 @@ the track by ``g`` adds ``20 log10 g`` dB to every frame energy, to the referenc
 and selects the same frames, so the normalised output is the same (to float rounding) whatever the
 input gain. This is close to ITU-T P.56's active speech level, without its envelope detector.
 
+Sparse speech: when over 95 % of the frames are digital silence (an RTTM-masked speaker scored
+without silence compression), the reference is taken among the frames with any signal instead.
+Known limit: a track that is mostly *non-silent* pauses (hiss) with under ~5 % speech gets a
+reference in the hiss and a level a few dB low; the scorer's silence compression (on by default)
+keeps pauses short, so scored tracks are mostly speech.
+
 Gain limit: at most ``MAX_GAIN_DB`` (60 dB) up or down; a track quieter than that (below about
 -86 dBFS) is not speech the product can score, and the limit keeps digital near-silence from being
 blown up to full scale.
@@ -36,6 +42,7 @@ WINDOW_DB = 30.0  # frames within this of the reference energy are active speech
 REFERENCE_PERCENTILE = 95.0  # robust "loudest" energy: a click or a pop is not the reference
 FRAME_S = 0.02
 MAX_GAIN_DB = 60.0
+_SILENT_DB = -119.0  # frame_energy_db's floor is -120: such frames are digital silence
 DESCRIPTION = (f"{LEVEL_METHOD}: each speaker track scaled by one gain to {TARGET_DBFS:g} dBFS active-speech "
                f"RMS (20 ms frames within {WINDOW_DB:g} dB of the track's p{REFERENCE_PERCENTILE:g} energy)")
 
@@ -51,8 +58,11 @@ def active_level_db(x: np.ndarray, sample_rate: int, *, window_db: float = WINDO
     if energy.size == 0:
         return float("-inf")
     ref = float(np.percentile(energy, percentile))
-    if ref <= -119.0:  # digital silence (frame_energy_db's floor is -120)
-        return float("-inf")
+    if ref <= _SILENT_DB:  # over 95 % digital silence: take the reference among the frames with signal
+        sounding = energy[energy > _SILENT_DB]
+        if sounding.size == 0:
+            return float("-inf")
+        ref = float(np.percentile(sounding, percentile))
     active = energy[energy >= ref - window_db]
     power = np.mean(np.power(10.0, active / 10.0))
     return float(10.0 * np.log10(power))

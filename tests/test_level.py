@@ -70,3 +70,13 @@ def test_vad_and_silence_compression_do_not_depend_on_the_level(ravdess_dir):
         np.testing.assert_allclose(normalise(comp, "speech_rms", SR),
                                    normalise(compress_silence(x, SR, speech=np.repeat(ref_speech, 160)[: x.size])[0],
                                              "speech_rms", SR), atol=1e-4)
+
+
+def test_sparse_speech_in_digital_silence_still_gets_its_level():
+    """A 1 s tone in 21 s of digital silence (an RTTM-masked speaker, no silence compression): the
+    p95 frame is digital silence, so the reference comes from the frames with signal."""
+    t = np.arange(SR) / SR
+    tone = (np.sqrt(2) * _db(-30.0) * np.sin(2 * np.pi * 300 * t)).astype(np.float32)
+    x = np.concatenate([np.zeros(10 * SR, np.float32), tone, np.zeros(11 * SR, np.float32)])
+    assert active_level_db(x, SR) == pytest.approx(-30.0, abs=0.05)
+    assert active_level_db(normalise_level(x, SR), SR) == pytest.approx(TARGET_DBFS, abs=0.05)

@@ -223,8 +223,9 @@ def test_lstm_lr_factor_is_validated():
         Config().with_overrides(train={"lstm_lr_factor": 0.0}).resolved()
 
 
-def test_augmented_batches_are_normalised_segments_with_lengths(tiny_corpus):
+def test_augmented_calls_are_normalised_as_whole_tracks(tiny_corpus):
     from cusemo_batch.level import TARGET_DBFS, active_level_db
+    from cusemo_batch.training.data import augment_calls
 
     cfg = Config().with_overrides(model=SMALL, data={"segment_s": 10, "normalisation": "speech_rms"},
                                   augment={"enabled": True, "p_codec": 1.0, "codecs": ["gsm"]})
@@ -232,16 +233,22 @@ def test_augmented_batches_are_normalised_segments_with_lengths(tiny_corpus):
     assert all(c.raw is not None for c in prep.calls)
     # whole calls (dev/test, what the scorer feeds) sit at the target level
     assert active_level_db(prep.calls[0].audio, 8000) == pytest.approx(TARGET_DBFS, abs=1e-3)
-    segs = make_segments(prep.calls, prep.indices("train"), prep.cfg)[:4]
-    a = batch_arrays(segs, prep.calls, prep.cfg, np.random.default_rng(0))
-    b = batch_arrays(segs, prep.calls, prep.cfg, np.random.default_rng(0))
-    np.testing.assert_array_equal(a["audio"], b["audio"])  # seeded
-    plain = batch_arrays(segs, prep.calls, prep.cfg)  # no rng (evaluation): no augmentation
-    assert not np.array_equal(a["audio"], plain["audio"])
-    for j, n in enumerate(a["lengths"]):
-        assert np.all(a["audio"][j, n:] == 0) and n > 0
-        # every augmented segment is normalised on its own, like a scored track
-        assert active_level_db(a["audio"][j, :n], 8000) == pytest.approx(TARGET_DBFS, abs=1e-3)
+    idx = prep.indices("train")
+    lines = augment_calls(prep.calls, idx, prep.cfg, np.random.default_rng(0))
+    again = augment_calls(prep.calls, idx, prep.cfg, np.random.default_rng(0))
+    assert sorted(lines) == idx and all(np.array_equal(lines[i], again[i]) for i in idx)  # seeded
+    for i in idx:  # a whole augmented call is normalised as one track, like a scored one
+        assert not np.array_equal(lines[i], prep.calls[i].audio)
+        assert active_level_db(lines[i], 8000) == pytest.approx(TARGET_DBFS, abs=1e-3)
+    segs = make_segments(prep.calls, idx, prep.cfg)[:4]
+    a = batch_arrays(segs, prep.calls, prep.cfg, np.random.default_rng(0), lines)
+    plain = batch_arrays(segs, prep.calls, prep.cfg)  # evaluation: the clean normalised calls
+    for j, (s, n) in enumerate(zip(segs, a["lengths"])):
+        a0 = s.bin0 * 4000
+        assert n > 0 and np.all(a["audio"][j, n:] == 0)
+        np.testing.assert_array_equal(a["audio"][j, :n], lines[s.call][a0:a0 + n])  # a cut, not re-normalised
+        np.testing.assert_array_equal(plain["audio"][j, :n], prep.calls[s.call].audio[a0:a0 + n])
+    assert augment_calls(prep.calls, idx, Config().with_overrides(model=SMALL), np.random.default_rng(0)) == {}
 
 
 def test_batches_group_segments_by_length_for_batch_norm():
@@ -266,7 +273,9 @@ def test_augment_and_loss_sections_are_read_and_validated(tmp_path):
     bad = tmp_path / "bad.toml"
     for text, msg in (("[augment]\np_noise = 2\n", "probability"), ("[augment]\nsnr = 3\n", "unknown key"),
                       ("[data]\nnormalisation = 'peak'\n", "normalisation"),
-                      ("[train]\nplateau_factor = 1.5\n", "plateau_factor"), ("[loss]\nmse_weight = -1\n", "mse_weight")):
+                      ("[train]\nplateau_factor = 1.5\n", "plateau_factor"), ("[loss]\nmse_weight = -1\n", "mse_weight"),
+                      ("[data]\nnormalisation = 'speech_rms'\ngain_db = 6\n", "level_dbfs"),
+                      ("[model]\nsample_rate = 16000\n[augment]\nenabled = true\n", "gsm")):
         bad.write_text(text)
         with pytest.raises(ConfigError, match=msg):
             load_config(bad)

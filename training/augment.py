@@ -8,8 +8,9 @@ draws their parameters from ``[augment]`` in the training TOML (:class:`AugmentC
 
 Order of the chain, as on a real line: room (reverberation) -> background noise -> line level
 (random active-speech level, so the codec's clipping and quantisation noise differ too) ->
-handset band-pass -> codec. The model's input normalisation runs afterwards, on the augmented
-segment (:func:`cusemo_batch.training.data.batch_arrays`), exactly as the scorer normalises a track.
+handset band-pass -> codec. Each epoch a whole call goes through one line, and the model's input
+normalisation runs afterwards over the whole augmented call
+(:func:`cusemo_batch.training.data.augment_calls`), exactly as the scorer normalises a track.
 """
 
 from __future__ import annotations

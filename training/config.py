@@ -187,6 +187,11 @@ def validate(cfg: Config) -> None:
         cfg.augment.validate()
     except ValueError as e:
         raise ConfigError(f"[augment] {e}") from None
+    if d.gain_db > 0 and d.normalisation == "speech_rms":
+        raise ConfigError("[data] gain_db would change the level after the speech_rms normalisation removed it; "
+                          "use [augment] level_dbfs")
+    if cfg.augment.enabled and "gsm" in cfg.augment.codecs and cfg.augment.p_codec > 0 and cfg.model.sample_rate != 8000:
+        raise ConfigError("[augment] the gsm codec needs an 8000 Hz model; remove it from codecs")
 
 
 def load_config(path: str | Path | None = None) -> Config:

@@ -136,14 +136,27 @@ def make_segments(calls: list[CallData], indices: list[int], cfg: Config,
     return segs
 
 
+def augment_calls(calls: list[CallData], indices: list[int], cfg: Config,
+                  rng: np.random.Generator) -> dict[int, np.ndarray]:
+    """This epoch's line for each call: the *whole* raw call through a random telephone line
+    (:func:`cusemo_batch.training.augment.augment`), then the model's input normalisation over the
+    whole call -- exactly what the scorer does to a track, so the segments cut from it keep the
+    loudness changes within the call. Empty without ``[augment] enabled``."""
+    if not cfg.augment.enabled:
+        return {}
+    sr = cfg.model.sample_rate
+    return {i: normalise(augment(calls[i].raw, sr, cfg.augment, rng), cfg.data.normalisation, sr)
+            for i in indices if calls[i].raw is not None}
+
+
 def batch_arrays(segs: list[Segment], calls: list[CallData], cfg: Config,
-                 rng: np.random.Generator | None = None) -> dict[str, np.ndarray]:
+                 rng: np.random.Generator | None = None,
+                 line_audio: dict[int, np.ndarray] | None = None) -> dict[str, np.ndarray]:
     """Pad a list of segments into arrays: audio [B, S], valence/arousal/mask [B, K], targets [B].
 
-    With ``rng`` (training) and ``[augment] enabled``, each segment's raw audio goes through a random
-    line (:func:`cusemo_batch.training.augment.augment`) and is then normalised on its own by the
-    model's input normalisation -- what the scorer does to a whole track. ``lengths`` [B] counts
-    the real (unpadded) samples per row, for the batch-norm statistics.
+    ``line_audio`` maps call index -> this epoch's audio of the call (:func:`augment_calls`); calls not
+    in it use their clean normalised audio. ``lengths`` [B] counts the real (unpadded) samples per
+    row, for the batch-norm statistics.
     """
     sr, bin_s = cfg.model.sample_rate, cfg.data.label_rate_ms / 1000
     bin_samples = bin_s * sr
@@ -162,11 +175,7 @@ def batch_arrays(segs: list[Segment], calls: list[CallData], cfg: Config,
     for j, s in enumerate(segs):
         c = calls[s.call]
         a0 = int(round(s.bin0 * bin_samples))
-        if rng is not None and cfg.augment.enabled and c.raw is not None:
-            chunk = augment(c.raw[a0:a0 + n_samples], sr, cfg.augment, rng)
-            chunk = normalise(chunk, cfg.data.normalisation, sr)
-        else:
-            chunk = c.audio[a0:a0 + n_samples]
+        chunk = (line_audio or {}).get(s.call, c.audio)[a0:a0 + n_samples]
         if rng is not None and cfg.data.gain_db > 0:
             chunk = chunk * np.float32(10 ** (rng.uniform(-cfg.data.gain_db, cfg.data.gain_db) / 20))
         audio[j, :len(chunk)] = chunk

@@ -30,7 +30,8 @@ from cusemo_batch.timegrid import pooling_matrix
 from .checkpoint import load_checkpoint, save_checkpoint
 from .config import Config
 from .corpus import Corpus, read_corpus
-from .data import CallData, batch_arrays, data_hash, load_calls, make_segments, split_groups, valid_bins
+from .data import (CallData, augment_calls, batch_arrays, data_hash, load_calls, make_segments, split_groups,
+                   valid_bins)
 from .losses import bce_loss, ccc_loss, total_loss
 from .model import CRNN
 
@@ -233,6 +234,9 @@ def train_seed(prep: Prepared, seed: int, out_dir: Path, log: Log = print,
     out_dir.mkdir(parents=True, exist_ok=True)
     torch.manual_seed(seed)
     rng = np.random.default_rng(seed)
+    # separate stream for the channel augmentation: switching it on or off (or changing how many
+    # draws a line takes) leaves the segment cuts and the batch order of a seed unchanged
+    aug_rng = np.random.default_rng([seed, 1])
     if threads or cfg.train.threads:
         torch.set_num_threads(threads or cfg.train.threads)
     model = CRNN(cfg.model)
@@ -261,11 +265,12 @@ def train_seed(prep: Prepared, seed: int, out_dir: Path, log: Log = print,
             segments = make_segments(prep.calls, train_idx, cfg, rng)
         bs = cfg.train.batch_size
         batches = _batches(segments, bs, rng, by_length=cfg.model.conv_norm == "batch")
+        line_audio = augment_calls(prep.calls, train_idx, cfg, aug_rng)
         if cfg.train.max_batches_per_epoch:
             batches = batches[: cfg.train.max_batches_per_epoch]
         losses = []
         for b in batches:
-            batch = batch_arrays([segments[i] for i in b], prep.calls, cfg, rng)
+            batch = batch_arrays([segments[i] for i in b], prep.calls, cfg, rng, line_audio)
             loss, _ = batch_loss(model, pool, batch, cfg)
             opt.zero_grad()
             loss.backward()
@@ -353,8 +358,19 @@ def summarise(results: list[dict]) -> dict:
 def _seed_job(corpus_dir: str, cfg_dict: dict, calls: Sequence[str] | None, seed: int, seed_dir: str,
               threads: int) -> dict:
     """One seed in a worker process (``run_training(jobs > 1)``): decode, train, return result.json."""
+    import os
+    import threading
+
     from .config import from_dict
 
+    parent = os.getppid()
+
+    def watchdog() -> None:  # a killed parent must not leave a seed training on (and racing a rerun)
+        while os.getppid() == parent:
+            time.sleep(2.0)
+        os._exit(1)
+
+    threading.Thread(target=watchdog, daemon=True).start()
     torch.set_num_threads(threads)
     prep = prepare(corpus_dir, from_dict(cfg_dict), calls)
     return train_seed(prep, seed, Path(seed_dir), lambda msg: print(msg, flush=True), threads=threads)

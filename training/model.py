@@ -140,7 +140,8 @@ class CRNN(nn.Module):
         """
         c = self.config
         padded = nn.functional.pad(audio, (c.pad_left, c.pad_right))
-        valid = None if lengths is None else lengths + c.pad_left
+        # the positions a lone pass over each row would see: its samples plus the model's own padding
+        valid = None if lengths is None else lengths + c.pad_left + c.pad_right
         out, _ = self.forward_padded(padded, valid=valid)
         return out
 
