@@ -78,16 +78,13 @@ from pathlib import Path
 from typing import Callable
 
 HERE = Path(__file__).resolve().parent
+sys.path.insert(0, str(HERE))
+import bench_args  # noqa: E402  (no heavy imports: parsed before numpy)
 RESULTS = HERE / "results"
 
 
 def _args(argv=None) -> argparse.Namespace:
-    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
-                                formatter_class=argparse.RawDescriptionHelpFormatter)
-    src = p.add_argument_group("data, split and models")
-    src.add_argument("--run", type=Path, help="training run directory (split.json, config.json)")
-    src.add_argument("--corpus", type=Path, help="corpus dir (default: the corpus recorded in RUN/config.json)")
-    src.add_argument("--split-seed", type=int, help="without --run: recompute the split with this seed")
+    p, src = bench_args.new_parser(__doc__, "data, split and models")
     src.add_argument("--model", type=Path, help="int8 ONNX model, the shipped one (default: the embedded "
                                                 "cusemo_batch/models/cusemo-default.onnx)")
     src.add_argument("--fp32", type=Path, help="fp32 ONNX export of the same checkpoint (omitted: no fp32 column)")
@@ -99,37 +96,17 @@ def _args(argv=None) -> argparse.Namespace:
     c.add_argument("--telephone-snr-db", type=float, default=20.0, help="noise of the telephone row")
     c.add_argument("--channel-seed", type=int, default=0, help="base of the per-call noise seeds")
     c.add_argument("--baved-level-dbfs", type=float, default=-26.0, help="BAVED fixed-level row")
-    m = p.add_argument_group("method (as bench_accuracy.py)")
-    m.add_argument("--rate-ms", type=float, default=500.0, help="label rate of the CCC and the timeseries")
-    m.add_argument("--window-s", type=float, default=4.0, help="eGEMAPS functional window")
-    m.add_argument("--max-delay-s", type=float, default=2.0, help="largest feature delay tried on dev (eGEMAPS)")
-    m.add_argument("--alphas", default="0.01,0.1,1,10,100,1000,10000,100000", help="ridge alphas tried on dev")
-    m.add_argument("--tolerance-s", type=float, default=2.0, help="event matching tolerance")
-    m.add_argument("--change-config", type=Path, help="changes TOML (default: the shipped one)")
-    r = p.add_argument_group("resources and output")
-    r.add_argument("--threads", type=int, default=2, help="onnxruntime threads")
-    r.add_argument("--jobs", type=int, default=1, help="openSMILE processes (uncached clean calls)")
-    r.add_argument("--cache", default=str(Path(os.environ.get("XDG_CACHE_HOME", Path.home() / ".cache"))
-                                          / "cusemo-batch" / "bench_accuracy"),
-                   help="eGEMAPS feature cache directory, shared with bench_accuracy.py ('' = no cache)")
-    r.add_argument("--out-md", type=Path, default=RESULTS / "transfer.md")
-    r.add_argument("--out-json", type=Path, default=RESULTS / "transfer.json")
-    a = p.parse_args(argv)
-    if a.run is None and a.split_seed is None:
-        p.error("give --run RUN_DIR (its split.json) or --split-seed N")
-    if a.run is None and a.corpus is None:
-        p.error("--corpus is required without --run")
-    return a
+    bench_args.add_method_args(p, "method (as bench_accuracy.py)")
+    bench_args.add_resource_args(p, RESULTS / "transfer.md", RESULTS / "transfer.json")
+    return bench_args.parse_with_split(p, argv)
 
 
 ARGS = _args() if __name__ == "__main__" else None
-if ARGS is not None:  # thread pools read these at import time
-    for var in ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS"):
-        os.environ.setdefault(var, str(ARGS.threads))
+if ARGS is not None:
+    bench_args.set_thread_env(ARGS.threads)
 
 import numpy as np  # noqa: E402
 
-sys.path.insert(0, str(HERE))
 import accuracy_lib as lib  # noqa: E402
 import bench_accuracy as acc  # noqa: E402
 

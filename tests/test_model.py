@@ -27,16 +27,23 @@ def test_32_frames_per_second_for_arbitrary_lengths(paper_model, seconds):
     assert out.shape[1] == int(seconds * 32)
 
 
-def test_chunked_equals_whole_and_padding_does_not_leak(paper_model):
-    c = paper_model.config
-    x = torch.randn(1, 8000 * 5 + 123)
+def _two_chunks_and_whole(model: CRNN, x: torch.Tensor, cut_frame: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """Frames of ``x`` from two streaming steps (LSTM state carried) and from one whole pass."""
+    c = model.config
     with torch.no_grad():
-        whole = paper_model(x)
+        whole = model(x)
         padded = torch.nn.functional.pad(x, (c.pad_left, c.pad_right))
         ctx = c.receptive_field - c.hop
-        a, state = paper_model.forward_padded(padded[:, : 37 * c.hop + ctx])
-        b, _ = paper_model.forward_padded(padded[:, 37 * c.hop:], state)
-        assert torch.allclose(torch.cat([a, b], 1), whole, atol=1e-5)
+        a, state = model.forward_padded(padded[:, : cut_frame * c.hop + ctx])
+        b, _ = model.forward_padded(padded[:, cut_frame * c.hop:], state)
+    return torch.cat([a, b], 1), whole
+
+
+def test_chunked_equals_whole_and_padding_does_not_leak(paper_model):
+    x = torch.randn(1, 8000 * 5 + 123)
+    chunked, whole = _two_chunks_and_whole(paper_model, x, 37)
+    assert torch.allclose(chunked, whole, atol=1e-5)
+    with torch.no_grad():
         # zero-padded batch with a longer item: the short item's frames are unchanged
         batch = torch.zeros(2, x.shape[1] + 4000)
         batch[0, : x.shape[1]] = x[0]
@@ -75,15 +82,8 @@ def test_batch_norm_crnn_streams_like_the_paper_model_in_eval_mode():
     model.train()
     model(torch.randn(4, 16000), torch.tensor([16000, 12000, 9000, 16000]))  # running statistics move
     model.eval()
-    c = model.config
-    x = torch.randn(1, 8000 * 3 + 77)
-    with torch.no_grad():
-        whole = model(x)
-        padded = torch.nn.functional.pad(x, (c.pad_left, c.pad_right))
-        ctx = c.receptive_field - c.hop
-        a, state = model.forward_padded(padded[:, : 41 * c.hop + ctx])
-        b, _ = model.forward_padded(padded[:, 41 * c.hop:], state)
-    torch.testing.assert_close(torch.cat([a, b], 1), whole, atol=1e-5, rtol=0)
+    chunked, whole = _two_chunks_and_whole(model, torch.randn(1, 8000 * 3 + 77), 41)
+    torch.testing.assert_close(chunked, whole, atol=1e-5, rtol=0)
     assert sum(isinstance(m, torch.nn.BatchNorm1d) for m in model.modules()) == 3
 
 
