@@ -121,8 +121,7 @@ class Pooler:
 def batch_loss(model: CRNN, pool: Pooler, batch: dict[str, np.ndarray], cfg: Config) -> tuple[torch.Tensor, dict]:
     audio = torch.from_numpy(batch["audio"])
     mask = torch.from_numpy(batch["mask"])
-    lengths = torch.from_numpy(batch["lengths"]) if "lengths" in batch else None
-    frames = model(audio, lengths)
+    frames = model(audio, torch.from_numpy(batch["lengths"]))
     bins = pool(frames, mask.shape[1])
     w = cfg.loss.mse_weight
     lv = ccc_loss(bins[..., 0], torch.from_numpy(batch["valence"]), mask, mse_weight=w)
@@ -310,10 +309,8 @@ def train_seed(prep: Prepared, seed: int, out_dir: Path, log: Log = print,
             stale += 1
             plateau += 1
             if cfg.train.plateau_factor and plateau >= cfg.train.plateau_patience:
-                lr *= cfg.train.plateau_factor
+                lr *= cfg.train.plateau_factor  # the step loop sets every group's rate from lr
                 plateau = 0
-                for group in opt.param_groups:
-                    group["lr"] = group["lr_factor"] * lr
                 log(f"seed {seed} epoch {epoch}: no dev improvement for {cfg.train.plateau_patience} epochs; lr {lr:g}")
             if cfg.train.patience and stale >= cfg.train.patience:
                 log(f"seed {seed}: early stop after {epoch} epochs (best epoch {best_epoch})")
@@ -371,7 +368,6 @@ def _seed_job(corpus_dir: str, cfg_dict: dict, calls: Sequence[str] | None, seed
         os._exit(1)
 
     threading.Thread(target=watchdog, daemon=True).start()
-    torch.set_num_threads(threads)
     prep = prepare(corpus_dir, from_dict(cfg_dict), calls)
     return train_seed(prep, seed, Path(seed_dir), lambda msg: print(msg, flush=True), threads=threads)
 
