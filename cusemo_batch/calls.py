@@ -73,6 +73,23 @@ class DiscoveryOptions:
     def role_names(self) -> set[str]:
         return set(DEFAULT_ROLES) | set(self.channels) | set(self.roles.values()) | {self.speaker_name}
 
+    def validate(self) -> None:
+        """Raise ValueError (one line) for options that would make every call fail or mislabel it.
+
+        Checked before a run touches its output folder: a typo in ``speakers`` would otherwise turn
+        every call into a ``NoWantedSpeaker`` error.
+        """
+        if self.layout not in LAYOUTS:
+            raise ValueError(f"unknown layout {self.layout!r}; expected one of {', '.join(LAYOUTS)}")
+        if not self.channels or any(not c for c in self.channels) or len(set(self.channels)) != len(self.channels):
+            raise ValueError(f"channels must be distinct non-empty role names, got {','.join(self.channels)!r}")
+        if any(not k or not v for k, v in self.roles.items()):
+            raise ValueError("roles must map non-empty RTTM labels to non-empty role names")
+        unknown = [s for s in self.speakers if s not in self.role_names]
+        if unknown:
+            raise ValueError(f"unknown role(s) {', '.join(map(repr, unknown))} in speakers; known roles: "
+                             f"{', '.join(sorted(self.role_names))} (RTTM roles come from --roles LABEL=ROLE)")
+
 
 def _walk(root: Path, follow_symlinks: bool, errors: list[CallError]) -> list[Path]:
     """All files under ``root``; symlinks leaving ``root`` are refused unless followed explicitly."""

@@ -76,17 +76,26 @@ def _providers_for(device: str) -> list[str]:
     if _CUDA in ort.get_available_providers():
         return [_CUDA, _CPU]
     if device == "cuda":
-        log.warning("CUDA requested but this onnxruntime has no CUDAExecutionProvider; using CPU")
+        raise ModelError("device cuda: this onnxruntime has no CUDAExecutionProvider (install onnxruntime-gpu "
+                         "and CUDA 12), or use device auto / cpu")
     return [_CPU]
 
 
 def open_session(path: str | Path, device: str = "cpu", threads: int | None = None) -> Any:
-    """Create an onnxruntime session with an explicit provider list and a clean CPU fallback.
+    """Create an onnxruntime session with an explicit provider list; see :func:`open_session_noted`."""
+    return open_session_noted(path, device, threads)[0]
 
-    onnxruntime-gpu lists ``CUDAExecutionProvider`` even on machines without a GPU or CUDA
-    libraries; creating a session with it then either raises or silently drops to CPU. Both cases
-    end on CPU here, with one warning when the user asked for ``cuda`` (``auto`` only logs at info).
-    The providers really in use are ``session.get_providers()``.
+
+def open_session_noted(path: str | Path, device: str = "cpu", threads: int | None = None) -> tuple[Any, str]:
+    """An onnxruntime session and a note on the device (empty when it is the one asked for).
+
+    ``cuda`` means CUDA or nothing: a scheduler that asked for GPUs must hear that it did not get
+    them (ModelError, exit 2), not find a slow CPU night in the morning. ``auto`` takes CUDA when
+    it works and otherwise CPU, with one warning when CUDA was listed but failed (onnxruntime-gpu
+    lists ``CUDAExecutionProvider`` even on machines without a GPU or CUDA libraries; creating a
+    session with it then either raises or silently drops to CPU). onnxruntime's own console
+    errors during the attempt are silenced (its logger severity); the reason is in the note,
+    which the nightly job stores in the runs table.
     """
     import onnxruntime as ort
 
@@ -102,28 +111,34 @@ def open_session(path: str | Path, device: str = "cpu", threads: int | None = No
         so.intra_op_num_threads = threads
         so.inter_op_num_threads = 1
     so.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
+    note = ""
     try:
-        if _CUDA in wanted and device == "auto":
-            # A CPU-only machine with onnxruntime-gpu logs a red "failed to load CUDA" error on
-            # every session; for "auto" that is expected, so silence it for this attempt only.
-            ort.set_default_logger_severity(4)
+        if _CUDA in wanted:
+            ort.set_default_logger_severity(4)  # the provider's load errors go to the note, not the console
         try:
             session = ort.InferenceSession(str(path), so, providers=wanted)
         except Exception as e:
             if wanted == [_CPU] or "protobuf" in str(e).lower():
                 raise
-            log.info("session with %s failed (%s); retrying on CPU", wanted[0], _first_line(e))
+            if device == "cuda":
+                raise ModelError(f"{path}: device cuda unavailable ({_first_line(e)})") from None
+            note = f"CUDA unavailable ({_first_line(e)}); running on CPU"
             session = ort.InferenceSession(str(path), so, providers=[_CPU])
+    except ModelError:
+        raise
     except Exception as e:
         raise ModelError(f"{path}: not a loadable ONNX model ({_first_line(e)})") from None
     finally:
-        if _CUDA in wanted and device == "auto":
+        if _CUDA in wanted:
             ort.set_default_logger_severity(2)  # onnxruntime's default (warning)
     used = session.get_providers()
     if _CUDA in wanted and used[0] != _CUDA:
-        (log.warning if device == "cuda" else log.info)(
-            "CUDA requested (device=%s) but unavailable; running on %s", device, used[0])
-    return session
+        if device == "cuda":
+            raise ModelError(f"{path}: device cuda unavailable (onnxruntime fell back to {used[0]})")
+        note = note or f"CUDA unavailable (onnxruntime fell back to {used[0]}); running on CPU"
+    if note:
+        log.warning("%s", note)
+    return session, note
 
 
 def read_metadata(session: Any, path: str | Path) -> dict[str, str]:
@@ -148,6 +163,22 @@ def decode_metadata(meta: dict[str, str]) -> dict[str, Any]:
     return out
 
 
+def _batch_invariant(quantized: str, scheme: Any) -> bool:
+    """Whether each batch row's outputs depend on that row alone (bit for bit).
+
+    fp32 graphs and row-scaled int8 convolutions compute every row on its own (measured: identical
+    float32 bytes alone, in batches of 4 and 8, with 1 or 2 threads). onnxruntime's *dynamic* int8
+    LSTM/MatMul quantize their input with one scale per tensor, i.e. over every row of the batch:
+    a call's numbers then move with its batch-mates (up to 0.02 per window on the default model),
+    so the scorer runs such models one row at a time. int8 models written before the
+    ``quantization`` metadata existed used dynamic LSTM/MatMul.
+    """
+    if quantized in ("", "none", "fp32", "false"):
+        return True
+    dynamic = scheme.get("dynamic", ["?"]) if isinstance(scheme, dict) else ["?"]
+    return not dynamic
+
+
 class Model:
     """An exported CusEmo CRNN ready to score audio.
 
@@ -157,7 +188,9 @@ class Model:
     Attributes (from the metadata, typed): ``name``, ``version``, ``sample_rate``, ``hop``,
     ``frame_rate``, ``receptive_field``, ``pad_left``, ``pad_right``, ``lstm_layers``,
     ``lstm_hidden``, ``outputs``, ``label_rate_ms``, ``normalisation``, ``quantized``; ``sha256`` of
-    the whole-graph file; ``metadata`` (all keys, decoded); ``providers`` (really in use).
+    the whole-graph file; ``metadata`` (all keys, decoded); ``providers`` (really in use);
+    ``batch_invariant`` (whether a batch row's outputs are independent of the other rows, see
+    :func:`_batch_invariant`).
     """
 
     def __init__(self, path: str | Path, device: str = "auto", threads: int | None = None) -> None:
@@ -165,7 +198,7 @@ class Model:
         self.stream_path = stream_path_for(self.path)
         self.device = device
         self.threads = threads
-        self._session = open_session(self.path, device, threads)
+        self._session, self.device_note = open_session_noted(self.path, device, threads)
         raw = read_metadata(self._session, self.path)
         if raw["graph"] != "whole":
             raise ModelError(f"{self.path}: is the {raw['graph']!r} graph; pass the whole-pass NAME.onnx")
@@ -192,6 +225,7 @@ class Model:
             raise ModelError(f"{self.path}: inconsistent padding in metadata")
         self.sha256 = sha256_file(self.path)
         self.providers: list[str] = self._session.get_providers()
+        self.batch_invariant = _batch_invariant(self.quantized, m.get("quantization"))
         self._stream_session: Any = None
 
     def __repr__(self) -> str:
@@ -244,12 +278,20 @@ class Model:
         out = {k: np.concatenate([p[k] for p in parts], axis=1) for k in self.outputs}
         return {k: v[0] for k, v in out.items()} if squeeze else out
 
+    def check_stream(self) -> None:
+        """Open (and verify) the streaming graph now rather than on first use.
+
+        A scorer calls this before it touches the output folder: a missing or mismatched
+        ``NAME.stream.onnx`` is a configuration error of the run, not a failure of every call.
+        """
+        if self._stream_session is None:
+            self._stream_session = self._open_stream()
+
     def run_stream_step(
         self, padded: np.ndarray, h: np.ndarray, c: np.ndarray
     ) -> tuple[dict[str, np.ndarray], np.ndarray, np.ndarray]:
         """One raw streaming step (chunk with context, state in) -> (heads, hn, cn)."""
-        if self._stream_session is None:
-            self._stream_session = self._open_stream()
+        self.check_stream()
         ys = self._stream_session.run(
             [*self.outputs, "hn", "cn"], {"audio": padded, "h0": h, "c0": c})
         return dict(zip(self.outputs, ys[:-2])), ys[-2], ys[-1]
@@ -261,7 +303,8 @@ class Model:
         expected = self.metadata.get("stream_sha256")
         if expected and sha256_file(p) != expected:
             raise ModelError(f"{p}: does not belong to {self.path.name} (sha256 differs from its metadata)")
-        session = open_session(p, self.device, self.threads)
+        # the device the whole graph really got (a fallback is decided, and reported, once)
+        session = open_session(p, "cpu" if self.providers[0] == _CPU else self.device, self.threads)
         meta = read_metadata(session, p)
         if meta["graph"] != "stream":
             raise ModelError(f"{p}: is not a streaming graph")

@@ -7,10 +7,14 @@ Guarantees (tested with real subprocesses killed by SIGKILL):
 * **Idempotent**: a call's rows live in files named after the call, replaced atomically, so a
   re-run never duplicates rows; outputs of a call that moved to another date partition, or that
   failed and then succeeded, are removed after the new files are in place.
+* **No data loss**: a call's good rows are replaced only by a new *successful* result. When a call
+  that has good rows fails (its audio became unreadable, ``--force`` met a decoding problem...),
+  the rows stay, the error row is added and the call's ``calls`` rows get ``last_error_at`` /
+  ``last_error``; the next run retries it.
 * **Crash-safe**: files appear complete or not at all; the manifest records a call only after its
   files are written (and is itself rewritten every few seconds and at the end), so a kill at any
-  point only leaves work the next run redoes. Orphaned temp
-  files are removed when the next run takes the lock.
+  point only leaves work the next run redoes. Orphaned temp files are removed when the next run
+  takes the lock.
 * **Locked**: one run per output folder (exit code 3 for the second); the lock dies with the process.
 """
 
@@ -19,6 +23,7 @@ from __future__ import annotations
 import datetime as dt
 import os
 import socket
+import threading
 import time
 import uuid
 from dataclasses import dataclass, field
@@ -33,7 +38,7 @@ from .files import crash_point
 from .scorer import CallOutcome, Scorer, errors_frame, join_metadata
 from .store import MANIFEST_SCHEMA, SCHEMA_VERSION, Store, call_key, valid_date
 
-EXIT_OK, EXIT_FAILED, EXIT_USAGE, EXIT_LOCKED = 0, 1, 2, 3
+EXIT_OK, EXIT_FAILED, EXIT_USAGE, EXIT_LOCKED, EXIT_NO_CALLS = 0, 1, 2, 3, 4
 MANIFEST_FLUSH_S = 10.0
 
 
@@ -51,7 +56,10 @@ class RunSummary:
 
     @property
     def exit_code(self) -> int:
-        return EXIT_FAILED if self.failed else EXIT_OK
+        """1 when a call failed; 4 when CALLS held no call at all (an unmounted share looks like that)."""
+        if self.failed:
+            return EXIT_FAILED
+        return EXIT_NO_CALLS if self.calls_found == 0 else EXIT_OK
 
     @property
     def x_real_time(self) -> float:
@@ -60,6 +68,118 @@ class RunSummary:
 
 def new_run_id(now: dt.datetime) -> str:
     return now.strftime("%Y%m%dT%H%M%SZ") + "-" + uuid.uuid4().hex[:6]
+
+
+class Manifest:
+    """What the store holds for every call it ever scored: one row per call (``MANIFEST_SCHEMA``).
+
+    ``key`` and ``status`` describe the last attempt; ``ok_key`` / ``ok_files`` the good rows that
+    are kept until a new success replaces them; ``files`` is everything the call owns (good rows and
+    a current error row). The decode thread asks :meth:`is_current` while the main thread records,
+    so every access holds the lock. The file is rewritten at most every ``flush_s`` (rewriting a
+    manifest of every call ever scored after each call would cost O(calls x history) a night) and
+    at the end; a kill in between only means the next run rescores those calls, to the same rows.
+    """
+
+    def __init__(self, store: Store, run_id: str, flush_s: float = MANIFEST_FLUSH_S) -> None:
+        self.store, self.run_id, self.flush_s = store, run_id, flush_s
+        self._rows = {r["call_id"]: r for r in store.read_manifest().iter_rows(named=True)}
+        self._lock = threading.Lock()
+        self._flushed = time.monotonic()
+
+    def is_current(self, call_id: str, key: str, date: str) -> bool:
+        """True when the call's stored good rows come from exactly this key and partition."""
+        with self._lock:
+            prev = self._rows.get(call_id)
+            return prev is not None and prev["status"] == "ok" and prev["key"] == key and prev["date"] == date
+
+    def ok_files(self, call_id: str) -> list[str]:
+        with self._lock:
+            prev = self._rows.get(call_id)
+            return list(prev["ok_files"] or []) if prev else []
+
+    def record_ok(self, call_id: str, key: str, date: str, files: list[str]) -> None:
+        """A new good result: it replaces everything the call owned before (old partition, error row)."""
+        self._record(call_id, {"status": "ok", "key": key, "date": date, "files": files,
+                               "ok_key": key, "ok_files": files})
+
+    def record_error(self, call_id: str, key: str, date: str, error_file: str) -> None:
+        """A failure: the call's good rows (if any) stay; the error row is added."""
+        with self._lock:
+            prev = self._rows.get(call_id) or {}
+        ok_files = [f for f in (prev.get("ok_files") or []) if f != error_file]
+        self._record(call_id, {"status": "error", "key": key, "date": date, "files": [*ok_files, error_file],
+                               "ok_key": prev.get("ok_key") or "", "ok_files": ok_files})
+
+    def _record(self, call_id: str, row: dict) -> None:
+        with self._lock:
+            prev = self._rows.get(call_id)
+            self._rows[call_id] = {"call_id": call_id, **row, "run_id": self.run_id}
+        if prev:  # outputs of the previous state that the new state does not own
+            self.store.remove([f for f in prev["files"] if f not in row["files"]])
+        if time.monotonic() - self._flushed >= self.flush_s:
+            self.flush()
+
+    def flush(self) -> None:
+        with self._lock:
+            df = pl.DataFrame(list(self._rows.values()), schema=MANIFEST_SCHEMA)
+        self.store.write_manifest(df)
+        crash_point("after_manifest")
+        self._flushed = time.monotonic()
+
+
+@dataclass
+class CallWriter:
+    """Writes one call's tables (or its error row) with the columns every row of a run shares."""
+
+    store: Store
+    run_id: str
+    model_id: str
+    model_sha256: str
+    now: dt.datetime
+    metadata: dict[str, dict]
+
+    def _run_columns(self) -> list[pl.Expr]:
+        return [pl.lit(self.run_id).alias("run_id"), pl.lit(self.model_id).alias("model_id"),
+                pl.lit(self.model_sha256).alias("model_sha256")]
+
+    def write_ok(self, out: CallOutcome, key: str, date: str) -> list[str]:
+        """timeseries, events, then calls (written last: its presence marks the call complete)."""
+        cid, name, lit = out.call.call_id, call_key(out.call.call_id), self._run_columns()
+        calls_df = out.summary.with_columns(
+            pl.lit(out.audio_sha256).alias("audio_sha256"), pl.lit(key).alias("score_key"),
+            pl.lit(self.now).alias("scored_at"), pl.lit(SCHEMA_VERSION).alias("schema_version"), *lit,
+            pl.lit(None, pl.Datetime("us", "UTC")).alias("last_error_at"), pl.lit(None, pl.Utf8).alias("last_error"))
+        if cid in self.metadata:
+            calls_df = join_metadata(calls_df, [self.metadata[cid]])
+        files = [self.store.write("timeseries", date, name, out.timeseries.with_columns(*lit))]
+        crash_point("between_tables")
+        files.append(self.store.write("events", date, name, out.events.with_columns(*lit)))
+        files.append(self.store.write("calls", date, name, calls_df))
+        # an error row of this call left by a run killed before its manifest write would outlive
+        # the success otherwise (the manifest never listed it)
+        self.store.remove([str(self.store.table_path("errors", date, name).relative_to(self.store.root))])
+        return files
+
+    def write_error(self, err: CallError, key: str, date: str) -> str:
+        df = errors_frame([err]).with_columns(
+            pl.lit(key).alias("score_key"), pl.lit(self.now).alias("occurred_at"), *self._run_columns())
+        return self.store.write("errors", date, call_key(err.call_id), df)
+
+    def mark_failed(self, ok_files: list[str], err: CallError) -> None:
+        """Stamp the kept good rows of a call that failed this run (an analyst can tell them apart)."""
+        for rel in ok_files:
+            parts = Path(rel).parts
+            if parts[0] != "calls":
+                continue
+            path = self.store.root / rel
+            try:
+                df = pl.read_parquet(path)
+            except Exception:  # gone or unreadable: nothing to stamp, the error row still tells
+                continue
+            df = df.with_columns(pl.lit(self.now).alias("last_error_at"),
+                                 pl.lit(f"{err.stage}: {err.error}: {err.message}").alias("last_error"))
+            self.store.write("calls", parts[1].removeprefix("date="), path.stem, df)
 
 
 def run_nightly(calls_dir: str | Path, out_dir: str | Path, scorer: Scorer, force: bool = False,
@@ -78,97 +198,70 @@ def run_nightly(calls_dir: str | Path, out_dir: str | Path, scorer: Scorer, forc
         if meta_problem:
             log(f"warning: {meta_problem}; calls are written without metadata")
         summary.calls_found = len(calls) + len({e.call_id for e in discovery_errors})
+        if summary.calls_found == 0:
+            log(f"warning: no calls found under {calls_dir} (an empty or unmounted folder?); exit code {EXIT_NO_CALLS}")
         crash_point("discovered")
         if on_start:
             on_start(len(calls))
-        manifest = {r["call_id"]: r for r in store.read_manifest().iter_rows(named=True)}
-        model_sha = scorer.model.sha256
+        manifest = Manifest(store, run_id)
+        writer = CallWriter(store, run_id, scorer.model_id, scorer.model.sha256, now, meta)
         options_hash = scorer.options.result_hash()
 
         def key_for(sha: str) -> str:
-            return f"{sha[:32]}:{model_sha[:16]}:{options_hash}"
+            return f"{sha[:32]}:{scorer.model.sha256[:16]}:{options_hash}"
 
         def date_for(call_id: str) -> str:
             return valid_date(meta.get(call_id, {}).get("date")) or today
 
         def skip(call: Call, sha: str) -> bool:
-            prev = manifest.get(call.call_id)
-            return (not force and prev is not None and prev["status"] == "ok"
-                    and prev["key"] == key_for(sha) and prev["date"] == date_for(call.call_id))
+            return not force and manifest.is_current(call.call_id, key_for(sha), date_for(call.call_id))
 
-        common = {"run_id": run_id, "model_id": scorer.model_id, "model_sha256": model_sha}
-
-        def record(call_id: str, status: str, key: str, date: str, files: list[str]) -> None:
-            prev = manifest.get(call_id)
-            if prev:  # outputs of the previous state that were not overwritten
-                store.remove([f for f in prev["files"] if f not in files])
-            manifest[call_id] = {"call_id": call_id, "status": status, "key": key, "date": date,
-                                 "files": files, "run_id": run_id}
-            if time.monotonic() - flushed[0] >= MANIFEST_FLUSH_S:
-                flush()
-
-        # The manifest holds every call ever scored, so rewriting it after each call would cost
-        # O(calls x history) per night. It is rewritten at most every MANIFEST_FLUSH_S and at the
-        # end; a kill in between only means the next run rescores those calls (same rows).
-        flushed = [time.monotonic()]
-
-        def flush() -> None:
-            store.write_manifest(pl.DataFrame(list(manifest.values()), schema=MANIFEST_SCHEMA))
-            crash_point("after_manifest")
-            flushed[0] = time.monotonic()
-
-        def write_error(err: CallError, key: str = "") -> None:
-            date = date_for(err.call_id)
-            df = errors_frame([err]).with_columns(
-                pl.lit(key).alias("score_key"), pl.lit(now).alias("occurred_at"),
-                *[pl.lit(v).alias(k) for k, v in common.items()])
-            files = [store.write("errors", date, call_key(err.call_id), df)]
-            record(err.call_id, "error", key, date, files)
+        def failed(err: CallError, key: str = "") -> None:
+            error_file = writer.write_error(err, key, date_for(err.call_id))
+            kept = manifest.ok_files(err.call_id)
+            writer.mark_failed(kept, err)
+            manifest.record_error(err.call_id, key, date_for(err.call_id), error_file)
             summary.failed += 1
             summary.errors.append(err)
-            log(f"error {err.call_id}: {err.stage}: {err.error}: {err.message}")
+            log(f"error {err.call_id}: {err.stage}: {err.error}: {err.message}"
+                + (" (its previous rows are kept)" if kept else ""))
 
         for err in discovery_errors:
-            write_error(err)
+            failed(err)
 
         n_done = 0
-        found_ids = {c.call_id for c in calls}
         for out in scorer.iter_outcomes(calls, skip=skip):
             n_done += 1
             if on_call:
                 on_call(out)
             if not out.ok:
-                write_error(out.error, key_for(out.audio_sha256) if out.audio_sha256 else "")
+                failed(out.error, key_for(out.audio_sha256) if out.audio_sha256 else "")
                 continue
             cid = out.call.call_id
-            key, date, name = key_for(out.audio_sha256), date_for(cid), call_key(cid)
-            lit = [pl.lit(v).alias(k) for k, v in common.items()]
-            calls_df = out.summary.with_columns(
-                pl.lit(out.audio_sha256).alias("audio_sha256"), pl.lit(key).alias("score_key"),
-                pl.lit(now).alias("scored_at"), pl.lit(SCHEMA_VERSION).alias("schema_version"), *lit)
-            if cid in meta:
-                calls_df = join_metadata(calls_df, [meta[cid]])
-            files = [store.write("timeseries", date, name, out.timeseries.with_columns(*lit))]
-            crash_point("between_tables")
-            files.append(store.write("events", date, name, out.events.with_columns(*lit)))
-            files.append(store.write("calls", date, name, calls_df))  # written last: marks completeness
+            key, date = key_for(out.audio_sha256), date_for(cid)
+            files = writer.write_ok(out, key, date)
             crash_point("before_manifest")
-            record(cid, "ok", key, date, files)
+            manifest.record_ok(cid, key, date, files)
             crash_point("after_call")
             summary.scored += 1
             summary.audio_s += out.audio_s
-        flush()
-        summary.skipped = len(found_ids) - n_done
+        manifest.flush()
+        summary.skipped = len(calls) - n_done
         summary.wall_s = time.perf_counter() - t0
-        run_row = pl.DataFrame([{
-            "run_id": run_id, "started_at": now,
-            "finished_at": dt.datetime.now(dt.timezone.utc),
-            "calls_dir": str(Path(calls_dir).resolve()), "calls_found": summary.calls_found,
-            "scored": summary.scored, "skipped": summary.skipped, "failed": summary.failed,
-            "audio_s": summary.audio_s, "wall_s": summary.wall_s, "x_real_time": summary.x_real_time,
-            "model_id": scorer.model_id, "model_sha256": model_sha, "providers": ",".join(scorer.model.providers),
-            "options_hash": options_hash, "exit_code": summary.exit_code, "cusemo_batch_version": __version__,
-            "schema_version": SCHEMA_VERSION, "host": socket.gethostname(), "pid": os.getpid(),
-        }])
-        store.write("runs", today, f"run-{run_id}", run_row)
+        store.write("runs", today, f"run-{run_id}", _run_row(summary, scorer, calls_dir, now, options_hash))
     return summary
+
+
+def _run_row(summary: RunSummary, scorer: Scorer, calls_dir: str | Path, now: dt.datetime,
+             options_hash: str) -> pl.DataFrame:
+    return pl.DataFrame([{
+        "run_id": summary.run_id, "started_at": now,
+        "finished_at": dt.datetime.now(dt.timezone.utc),
+        "calls_dir": str(Path(calls_dir).resolve()), "calls_found": summary.calls_found,
+        "scored": summary.scored, "skipped": summary.skipped, "failed": summary.failed,
+        "audio_s": summary.audio_s, "wall_s": summary.wall_s, "x_real_time": summary.x_real_time,
+        "model_id": scorer.model_id, "model_sha256": scorer.model.sha256, "providers": ",".join(scorer.model.providers),
+        "device_note": scorer.model.device_note,
+        "options_hash": options_hash, "exit_code": summary.exit_code, "cusemo_batch_version": __version__,
+        "schema_version": SCHEMA_VERSION, "host": socket.gethostname(), "pid": os.getpid(),
+    }])

@@ -33,9 +33,11 @@ SCHEMA_VERSION = 1
 TABLES = ("timeseries", "calls", "events", "errors", "runs")
 _DATE = re.compile(r"^\d{4}-\d{2}-\d{2}$")
 
+# One row per call: ``status``/``key`` of the last attempt, ``files`` everything the call owns;
+# ``ok_key``/``ok_files`` the good rows kept until a new success replaces them (see nightly.Manifest).
 MANIFEST_SCHEMA = {
     "call_id": pl.Utf8, "status": pl.Utf8, "key": pl.Utf8, "date": pl.Utf8,
-    "files": pl.List(pl.Utf8), "run_id": pl.Utf8,
+    "files": pl.List(pl.Utf8), "run_id": pl.Utf8, "ok_key": pl.Utf8, "ok_files": pl.List(pl.Utf8),
 }
 
 
@@ -158,9 +160,15 @@ class Store:
         p = self.manifest_path
         if p.is_file():
             try:
-                return pl.read_parquet(p)
+                df = pl.read_parquet(p)
             except Exception:
-                pass
+                return self.rebuild_manifest()
+            if "ok_files" not in df.columns:  # written before failures kept good rows: ok = its files
+                ok = pl.col("status") == "ok"
+                df = df.with_columns(pl.when(ok).then(pl.col("key")).otherwise(pl.lit("")).alias("ok_key"),
+                                     pl.when(ok).then(pl.col("files")).otherwise(pl.lit([], pl.List(pl.Utf8)))
+                                     .alias("ok_files"))
+            return df.select(list(MANIFEST_SCHEMA)).cast(MANIFEST_SCHEMA)
         return self.rebuild_manifest()
 
     def write_manifest(self, df: pl.DataFrame) -> None:
@@ -170,10 +178,12 @@ class Store:
     def rebuild_manifest(self) -> pl.DataFrame:
         """Reconstruct the manifest from the tables: ``calls``/``errors`` rows carry call id and key.
 
-        Files are tied to a call by their name (:func:`call_key`), shared by all tables.
+        Files are tied to a call by their name (:func:`call_key`), shared by all tables. A call with
+        both good rows and an error row failed after an earlier success: status ``error``, the good
+        rows kept as ``ok_files``.
         """
         rows: dict[str, dict] = {}  # by file stem
-        for table, status in (("errors", "error"), ("calls", "ok")):
+        for table, status in (("calls", "ok"), ("errors", "error")):
             for f in sorted((self.root / table).glob("date=*/*.parquet")):
                 try:
                     df = pl.read_parquet(f)
@@ -181,14 +191,19 @@ class Store:
                     continue
                 if not df.height or "call_id" not in df.columns:
                     continue
-                rows[f.stem] = {"call_id": df["call_id"][0], "status": status,
-                                "key": df["score_key"][0] if "score_key" in df.columns else "",
-                                "date": f.parent.name.removeprefix("date="), "files": [],
-                                "run_id": df["run_id"][0] if "run_id" in df.columns else ""}
+                key = df["score_key"][0] if "score_key" in df.columns else ""
+                row = rows.setdefault(f.stem, {"call_id": df["call_id"][0], "files": [], "ok_files": [], "ok_key": ""})
+                row.update(status=status, key=key, date=f.parent.name.removeprefix("date="),
+                           run_id=df["run_id"][0] if "run_id" in df.columns else "")
+                if status == "ok":
+                    row["ok_key"] = key
         for table in TABLES:
             for f in sorted((self.root / table).glob("date=*/*.parquet")):
                 if f.stem in rows:
-                    rows[f.stem]["files"].append(str(f.relative_to(self.root)))
+                    rel = str(f.relative_to(self.root))
+                    rows[f.stem]["files"].append(rel)
+                    if table != "errors":
+                        rows[f.stem]["ok_files"].append(rel)
         if not rows:
             return pl.DataFrame(schema=MANIFEST_SCHEMA)
         return pl.DataFrame(list(rows.values()), schema=MANIFEST_SCHEMA)

@@ -155,54 +155,67 @@ def test_stream_graph_passed_as_whole_is_refused(onnx_pair, tmp_path):
 
 # -- providers ------------------------------------------------------------------------------------
 
-def test_cuda_request_falls_back_to_cpu(onnx_pair, audio, caplog):
-    """On this machine onnxruntime-gpu lists CUDA but cannot create it: the session ends on CPU."""
-    has_gpu = False
-    with caplog.at_level(logging.INFO, logger="cusemo_batch.model"):
+def test_cuda_request_gets_cuda_or_a_model_error(onnx_pair, audio):
+    """``cuda`` means CUDA or nothing (a scheduler that asked for GPUs must hear it did not get them)."""
+    try:
         m = Model(onnx_pair, device="cuda")
-    if m.providers[0] == "CUDAExecutionProvider":
-        has_gpu = True  # a real GPU: nothing to fall back from
-    else:
-        assert m.providers == ["CPUExecutionProvider"]
-        assert any("CUDA" in r.message and r.levelno == logging.WARNING for r in caplog.records)
-    y = m.infer(audio)
-    np.testing.assert_allclose(y["valence"], Model(onnx_pair, device="cpu").infer(audio)["valence"],
-                               atol=1e-3 if has_gpu else 1e-6)
+    except ModelError as e:
+        assert "device cuda" in str(e) and "\n" not in str(e)
+        return
+    assert m.providers[0] == "CUDAExecutionProvider"  # a real GPU
+    np.testing.assert_allclose(m.infer(audio)["valence"], Model(onnx_pair, device="cpu").infer(audio)["valence"],
+                               atol=1e-3)
 
 
 def test_auto_device_is_quiet_on_cpu_only(onnx_pair, caplog):
     with caplog.at_level(logging.WARNING, logger="cusemo_batch.model"):
         m = Model(onnx_pair, device="auto")
     assert m.providers[-1] == "CPUExecutionProvider"
-    if m.providers[0] != "CUDAExecutionProvider":
+    if m.providers[0] != "CUDAExecutionProvider" and "CUDAExecutionProvider" not in ort.get_available_providers():
         assert not [r for r in caplog.records if r.levelno >= logging.WARNING]
+        assert m.device_note == ""
 
 
-def test_cuda_session_creation_raising_falls_back(onnx_pair, monkeypatch, caplog):
+def _cuda_listed_but_failing(monkeypatch) -> list[list[str]]:
+    """onnxruntime-gpu on a machine without a GPU: CUDA is listed, creating it raises."""
     real = ort.InferenceSession
     tried: list[list[str]] = []
 
-    def fake(path, so=None, providers=None, **kw):
+    def session(path, so=None, providers=None, **kw):
         tried.append(list(providers))
         if "CUDAExecutionProvider" in providers:
             raise RuntimeError("CUDA failure 100: no CUDA-capable device is detected")
         return real(path, so, providers=providers, **kw)
 
     monkeypatch.setattr(ort, "get_available_providers", lambda: ["CUDAExecutionProvider", "CPUExecutionProvider"])
-    monkeypatch.setattr(ort, "InferenceSession", fake)
+    monkeypatch.setattr(ort, "InferenceSession", session)
+    return tried
+
+
+def test_auto_falls_back_to_cpu_with_one_line_and_a_note(onnx_pair, monkeypatch, caplog):
+    tried = _cuda_listed_but_failing(monkeypatch)
     with caplog.at_level(logging.WARNING, logger="cusemo_batch.model"):
-        m = Model(onnx_pair, device="cuda")
-    assert tried == [["CUDAExecutionProvider", "CPUExecutionProvider"], ["CPUExecutionProvider"]]
+        m = Model(onnx_pair, device="auto")
+        m.check_stream()  # the stream graph follows the whole graph's device: no second attempt
+    assert tried == [["CUDAExecutionProvider", "CPUExecutionProvider"], ["CPUExecutionProvider"],
+                     ["CPUExecutionProvider"]]
     assert m.providers == ["CPUExecutionProvider"]
-    assert any("unavailable" in r.message for r in caplog.records)
+    warnings = [r.getMessage() for r in caplog.records if r.levelno >= logging.WARNING]
+    assert len(warnings) == 1 and "no CUDA-capable device" in warnings[0]
+    assert "no CUDA-capable device" in m.device_note
 
 
-def test_cuda_not_listed_warns_and_uses_cpu(onnx_pair, monkeypatch, caplog):
+def test_cuda_request_on_failing_cuda_is_a_model_error(onnx_pair, monkeypatch):
+    tried = _cuda_listed_but_failing(monkeypatch)
+    with pytest.raises(ModelError, match="device cuda unavailable .*no CUDA-capable device"):
+        Model(onnx_pair, device="cuda")
+    assert tried == [["CUDAExecutionProvider", "CPUExecutionProvider"]]
+
+
+def test_cuda_not_listed_is_a_model_error(onnx_pair, monkeypatch):
     monkeypatch.setattr(ort, "get_available_providers", lambda: ["CPUExecutionProvider"])
-    with caplog.at_level(logging.WARNING, logger="cusemo_batch.model"):
-        m = Model(onnx_pair, device="cuda")
-    assert m.providers == ["CPUExecutionProvider"]
-    assert any("no CUDAExecutionProvider" in r.message for r in caplog.records)
+    with pytest.raises(ModelError, match="no CUDAExecutionProvider"):
+        Model(onnx_pair, device="cuda")
 
 
 def test_runtime_imports_neither_torch_nor_onnx(onnx_pair):

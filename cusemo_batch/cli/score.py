@@ -17,6 +17,9 @@ Exit codes (for schedulers):
   1  some calls failed: see OUT/errors (the others were scored)
   2  usage or configuration error (bad flags, unreadable CALLS, OUT not writable, bad model)
   3  OUT is locked by another running cusemo-batch score
+  4  no calls found under CALLS (an empty or unmounted folder?); nothing scored
+Options and the model are checked before OUT is touched: exit 2 leaves OUT as it was.
+A call that fails keeps the rows of its last good result (marked with last_error_at).
 """
 
 
@@ -92,7 +95,7 @@ def score(calls_dir: Path, out: Path, model: Path | None, device: str, threads: 
         change_config=change_cfg, batch_seconds=batch_seconds)
     try:
         scorer = Scorer(model, device=device, threads=threads, options=opts)
-    except (ModelError, OSError) as e:
+    except (ModelError, OSError, ValueError) as e:
         raise UserError(str(e)) from None
     console.print(f"model {scorer.model_id} ({scorer.model.sha256[:12]}) on {', '.join(scorer.model.providers)}")
 
