@@ -36,7 +36,8 @@ from . import __version__
 from .calls import Call, CallError, discover, read_metadata
 from .files import crash_point
 from .scorer import CallOutcome, Scorer, errors_frame, join_metadata
-from .store import MANIFEST_SCHEMA, SCHEMA_VERSION, Store, call_key, valid_date
+from .schema import SCHEMA_VERSION
+from .store import MANIFEST_SCHEMA, Store, call_key, valid_date
 
 EXIT_OK, EXIT_FAILED, EXIT_USAGE, EXIT_LOCKED, EXIT_NO_CALLS = 0, 1, 2, 3, 4
 MANIFEST_FLUSH_S = 10.0
@@ -150,8 +151,10 @@ class CallWriter:
             pl.lit(out.audio_sha256).alias("audio_sha256"), pl.lit(key).alias("score_key"),
             pl.lit(self.now).alias("scored_at"), pl.lit(SCHEMA_VERSION).alias("schema_version"), *lit,
             pl.lit(None, pl.Datetime("us", "UTC")).alias("last_error_at"), pl.lit(None, pl.Utf8).alias("last_error"))
-        if cid in self.metadata:
-            calls_df = join_metadata(calls_df, [self.metadata[cid]])
+        if self.metadata:  # every call of the night gets calls.csv's columns (null when not listed)
+            columns = dict.fromkeys(k for row in self.metadata.values() for k in row)
+            row = {k: None for k in columns} | self.metadata.get(cid, {}) | {"call_id": cid}
+            calls_df = join_metadata(calls_df, [row])
         files = [self.store.write("timeseries", date, name, out.timeseries.with_columns(*lit))]
         crash_point("between_tables")
         files.append(self.store.write("events", date, name, out.events.with_columns(*lit)))
@@ -249,6 +252,7 @@ def run_nightly(calls_dir: str | Path, out_dir: str | Path, scorer: Scorer, forc
         summary.skipped = len(calls) - n_done
         summary.wall_s = time.perf_counter() - t0
         store.write("runs", today, f"run-{run_id}", _run_row(summary, scorer, calls_dir, now, options_hash))
+        store.ensure_queryable(today, scorer.model.outputs[2:])
     return summary
 
 

@@ -431,10 +431,14 @@ def join_metadata(calls_df: pl.DataFrame, rows: list[dict[str, str]]) -> pl.Data
     ``date`` becomes ``call_date``: ``date`` is the hive partition key of every table.
     """
     meta = pl.DataFrame(rows).cast(pl.Utf8).unique("call_id", keep="first")
-    rename = {c: f"meta_{c}" for c in meta.columns if c != "call_id" and c in calls_df.columns}
+    rename = {c: f"meta_{c}" for c in meta.columns if c not in ("call_id", "date") and c in calls_df.columns}
     if "date" in meta.columns:
         rename["date"] = "call_date"
-    return calls_df.join(meta.rename(rename), on="call_id", how="left")
+    meta = meta.rename(rename)
+    if "call_date" in meta.columns:  # a DATE for SQL (`where call_date >= DATE '...'`); not a date -> null
+        meta = meta.with_columns(pl.col("call_date").str.slice(0, 10).str.to_date("%Y-%m-%d", strict=False))
+    return calls_df.drop([c for c in meta.columns if c != "call_id" and c in calls_df.columns]).join(
+        meta, on="call_id", how="left")
 
 
 class ScoringInputError(ValueError):

@@ -27,10 +27,12 @@ from pathlib import Path
 
 import polars as pl
 
+from . import schema
 from .files import TMP_PREFIX, atomic_path
+from .schema import SCHEMA_VERSION
 
-SCHEMA_VERSION = 1
-TABLES = ("timeseries", "calls", "events", "errors", "runs")
+TABLES = tuple(schema.TABLES)
+EMPTY = "_empty"  # stem of the zero-row placeholder of a table that has no rows yet
 _DATE = re.compile(r"^\d{4}-\d{2}-\d{2}$")
 
 # One row per call: ``status``/``key`` of the last attempt, ``files`` everything the call owns;
@@ -131,11 +133,29 @@ class Store:
         return path
 
     def write(self, table: str, date: str, name: str, df: pl.DataFrame) -> str:
-        """Write one file atomically; returns its path relative to OUT."""
+        """Write one file atomically, in the table's declared schema; returns its path relative to OUT."""
         path = self.table_path(table, date, name)
+        df = schema.conform(table, df)
         with atomic_path(path) as tmp:
             df.write_parquet(tmp, compression="zstd", statistics=True)
         return str(path.relative_to(self.root))
+
+    def ensure_queryable(self, date: str, heads: tuple[str, ...] = ()) -> None:
+        """Leave every table readable by its glob: a table without rows gets a zero-row placeholder.
+
+        ``read_parquet('OUT/errors/**/*.parquet')`` fails on "no files" after a clean night; the
+        placeholder carries the full schema. It is removed once the table has real files (its
+        schema could otherwise lag behind theirs).
+        """
+        for table in TABLES:
+            files = list((self.root / table).glob("date=*/*.parquet"))
+            real = [f for f in files if f.stem != EMPTY]
+            placeholders = [f for f in files if f.stem == EMPTY]
+            if real:
+                for f in placeholders:
+                    f.unlink(missing_ok=True)
+            elif not placeholders:
+                self.write(table, date, EMPTY, schema.empty(table, heads))
 
     def remove(self, relpaths: list[str]) -> None:
         for rel in relpaths:

@@ -45,7 +45,8 @@ def test_every_layout_scored_into_hive_partitioned_parquet(scored):
     # partitions from calls.csv dates; metadata joined
     assert set(calls["date"].cast(pl.Utf8)) == {"2026-11-24", "2026-11-25"}
     assert calls.filter(pl.col("call_id") == "steady")["queue"].to_list() == ["sales", "sales"]
-    assert set(calls["call_date"]) == {"2026-11-24", "2026-11-25"}  # metadata date, renamed from the partition key
+    # metadata date, renamed from the partition key, typed DATE
+    assert set(calls["call_date"].cast(pl.Utf8)) == {"2026-11-24", "2026-11-25"} and calls["call_date"].dtype == pl.Date
     for col in ("run_id", "model_id", "model_sha256", "audio_sha256", "valence_mean", "arousal_p10",
                 "valence_drop", "arousal_spike", "negative_end", "sustained_negative", "recovery"):
         assert col in calls.columns, col
