@@ -47,6 +47,7 @@ class Call:
     layout: str
     files: tuple[Path, ...]
     speakers: dict[str, SpeakerSource] = field(default_factory=dict)
+    unmapped_labels: tuple[str, ...] = ()  # RTTM labels no role mapping names (stored under the label)
 
 
 @dataclass(frozen=True)
@@ -67,6 +68,7 @@ class DiscoveryOptions:
     speaker_name: str = "client"
     roles: dict[str, str] = field(default_factory=dict)  # RTTM label -> role
     speakers: tuple[str, ...] = ()  # roles to score; empty = all found
+    strict_roles: bool = False  # an RTTM label that no role mapping names is an error, not a speaker
     follow_symlinks: bool = False
 
     @property
@@ -227,11 +229,23 @@ def _single_file_call(cid: str, path: Path, rttm: Path | None, opts: DiscoveryOp
             return None
         labels = sorted({s.label for s in segments})
         by_role: dict[str, list[str]] = {}
+        unmapped = []
         for label in labels:
-            role = opts.roles.get(label, label.lower() if label.lower() in opts.role_names else label)
+            if label in opts.roles:
+                role = opts.roles[label]
+            elif label.lower() in opts.role_names:
+                role = label.lower()
+            else:
+                role = label
+                unmapped.append(label)
             by_role.setdefault(role, []).append(label)
+        if unmapped and opts.strict_roles:
+            errors.append(CallError(cid, str(rttm), "discover", "UnmappedRTTMLabel",
+                                    f"RTTM label(s) {', '.join(unmapped)} not mapped to a role by --roles "
+                                    f"(e.g. --roles {unmapped[0]}=client)"))
+            return None
         return Call(cid, "rttm", (path, rttm), {r: SpeakerSource(r, path, rttm=rttm, rttm_labels=tuple(ls))
-                                                 for r, ls in sorted(by_role.items())})
+                                                 for r, ls in sorted(by_role.items())}, tuple(unmapped))
     return Call(cid, "mono", (path,), {opts.speaker_name: SpeakerSource(opts.speaker_name, path)})
 
 

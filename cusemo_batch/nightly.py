@@ -21,6 +21,7 @@ Guarantees (tested with real subprocesses killed by SIGKILL):
 from __future__ import annotations
 
 import datetime as dt
+import logging
 import os
 import socket
 import threading
@@ -41,6 +42,7 @@ from .store import MANIFEST_SCHEMA, Store, call_key, valid_date
 
 EXIT_OK, EXIT_FAILED, EXIT_USAGE, EXIT_LOCKED, EXIT_NO_CALLS = 0, 1, 2, 3, 4
 MANIFEST_FLUSH_S = 10.0
+log = logging.getLogger(__name__)  # fields run_id / call_id / stage in `extra` (cusemo_batch.oplog)
 
 
 @dataclass
@@ -54,6 +56,7 @@ class RunSummary:
     wall_s: float = 0.0
     errors: list[CallError] = field(default_factory=list)
     out: Path | None = None
+    unmapped_labels: dict[str, int] = field(default_factory=dict)  # RTTM label -> calls carrying it
 
     @property
     def exit_code(self) -> int:
@@ -186,9 +189,13 @@ class CallWriter:
 
 
 def run_nightly(calls_dir: str | Path, out_dir: str | Path, scorer: Scorer, force: bool = False,
-                log: Callable[[str], None] = print, on_call: Callable[[CallOutcome], None] | None = None,
+                on_call: Callable[[CallOutcome], None] | None = None,
                 run_date: str | None = None, on_start: Callable[[int], None] | None = None) -> RunSummary:
-    """Score ``calls_dir`` into the store at ``out_dir``; see the module docstring."""
+    """Score ``calls_dir`` into the store at ``out_dir``; see the module docstring.
+
+    Progress and problems go to the ``cusemo_batch.nightly`` logger (per-call lines at DEBUG) with
+    ``run_id`` / ``call_id`` / ``stage`` fields; the CLI formats them (:mod:`cusemo_batch.oplog`).
+    """
     t0 = time.perf_counter()
     now = dt.datetime.now(dt.timezone.utc)
     run_id = new_run_id(now)
@@ -198,11 +205,20 @@ def run_nightly(calls_dir: str | Path, out_dir: str | Path, scorer: Scorer, forc
         calls, discovery_errors = discover(calls_dir, scorer.options.discovery)
         meta_rows, meta_problem = read_metadata(calls_dir)
         meta = {r["call_id"]: r for r in (meta_rows or [])}
+        run = {"run_id": run_id}
         if meta_problem:
-            log(f"warning: {meta_problem}; calls are written without metadata")
+            log.warning("%s; calls are written without metadata", meta_problem, extra={**run, "stage": "metadata"})
         summary.calls_found = len(calls) + len({e.call_id for e in discovery_errors})
         if summary.calls_found == 0:
-            log(f"warning: no calls found under {calls_dir} (an empty or unmounted folder?); exit code {EXIT_NO_CALLS}")
+            log.warning("no calls found under %s (an empty or unmounted folder?); exit code %d", calls_dir,
+                        EXIT_NO_CALLS, extra={**run, "stage": "discover"})
+        summary.unmapped_labels = _unmapped(calls)
+        if summary.unmapped_labels:
+            n = sum(1 for c in calls if c.unmapped_labels)
+            labels = ", ".join(f"{k} ({v} call{'s' if v > 1 else ''})" for k, v in summary.unmapped_labels.items())
+            log.warning("%d call(s) have RTTM labels that no --roles entry maps: %s; their speakers are stored "
+                        "under the label (map them with --roles LABEL=ROLE; --strict-roles makes this an error)",
+                        n, labels, extra={**run, "stage": "discover"})
         crash_point("discovered")
         if on_start:
             on_start(len(calls))
@@ -217,7 +233,11 @@ def run_nightly(calls_dir: str | Path, out_dir: str | Path, scorer: Scorer, forc
             return valid_date(meta.get(call_id, {}).get("date")) or today
 
         def skip(call: Call, sha: str) -> bool:
-            return not force and manifest.is_current(call.call_id, key_for(sha), date_for(call.call_id))
+            current = not force and manifest.is_current(call.call_id, key_for(sha), date_for(call.call_id))
+            if current:
+                log.debug("%s: unchanged since its last good result, skipped", call.call_id,
+                          extra={**run, "call_id": call.call_id, "stage": "skip"})
+            return current
 
         def failed(err: CallError, key: str = "") -> None:
             error_file = writer.write_error(err, key, date_for(err.call_id))
@@ -226,8 +246,9 @@ def run_nightly(calls_dir: str | Path, out_dir: str | Path, scorer: Scorer, forc
             manifest.record_error(err.call_id, key, date_for(err.call_id), error_file)
             summary.failed += 1
             summary.errors.append(err)
-            log(f"error {err.call_id}: {err.stage}: {err.error}: {err.message}"
-                + (" (its previous rows are kept)" if kept else ""))
+            log.error("%s: %s: %s: %s%s", err.call_id, err.stage, err.error, err.message,
+                      " (its previous rows are kept)" if kept else "",
+                      extra={**run, "call_id": err.call_id, "stage": err.stage})
 
         for err in discovery_errors:
             failed(err)
@@ -248,6 +269,8 @@ def run_nightly(calls_dir: str | Path, out_dir: str | Path, scorer: Scorer, forc
             crash_point("after_call")
             summary.scored += 1
             summary.audio_s += out.audio_s
+            log.debug("%s: scored %d speaker(s), %.1f s of audio -> %s", cid, out.summary.height, out.audio_s, date,
+                      extra={**run, "call_id": cid, "stage": "write"})
         manifest.flush()
         summary.skipped = len(calls) - n_done
         summary.wall_s = time.perf_counter() - t0
@@ -266,6 +289,17 @@ def _run_row(summary: RunSummary, scorer: Scorer, calls_dir: str | Path, now: dt
         "audio_s": summary.audio_s, "wall_s": summary.wall_s, "x_real_time": summary.x_real_time,
         "model_id": scorer.model_id, "model_sha256": scorer.model.sha256, "providers": ",".join(scorer.model.providers),
         "device_note": scorer.model.device_note,
-        "options_hash": options_hash, "exit_code": summary.exit_code, "cusemo_batch_version": __version__,
+        "options_hash": options_hash, "exit_code": summary.exit_code,
+        "unmapped_rttm_labels": ",".join(f"{k}:{v}" for k, v in summary.unmapped_labels.items()),
+        "cusemo_batch_version": __version__,
         "schema_version": SCHEMA_VERSION, "host": socket.gethostname(), "pid": os.getpid(),
     }])
+
+
+def _unmapped(calls: list[Call]) -> dict[str, int]:
+    """RTTM label -> number of calls in which no role mapping names it (sorted by label)."""
+    counts: dict[str, int] = {}
+    for c in calls:
+        for label in c.unmapped_labels:
+            counts[label] = counts.get(label, 0) + 1
+    return dict(sorted(counts.items()))

@@ -142,6 +142,8 @@ TABLES: dict[str, tuple[Column, ...]] = {
         Column("device_note", pl.Utf8, "", "why the device differs from the one asked for (empty: it does not)"),
         Column("options_hash", pl.Utf8, "", "hash of the options that change the numbers"),
         Column("exit_code", pl.Int64, "", "the run's exit code (0 ok, 1 calls failed, 4 no calls)"),
+        Column("unmapped_rttm_labels", pl.Utf8, "",
+               "`LABEL:calls,...`: RTTM labels no `--roles` entry mapped (stored as speaker names); empty: none"),
         Column("cusemo_batch_version", pl.Utf8, "", "package version"),
         Column("schema_version", pl.Int64, "", "version of these table definitions"),
         Column("host", pl.Utf8, "", "host name"),

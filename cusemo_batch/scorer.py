@@ -54,6 +54,10 @@ class ScoreOptions:
     discovery: DiscoveryOptions = field(default_factory=DiscoveryOptions)
     change_config: changes.ChangeConfig = field(default_factory=changes.ChangeConfig)
     chunk_s: float = DEFAULT_CHUNK_S  # audio per batch row per streaming step (see below)
+    # A speaker with less detected speech than this is an error (TooShortError), not a row of
+    # numbers: the model's 0.5 s label windows need a few of them to say anything, and a 0.2 s
+    # file (a dropped connection, a test tone) must not pass for a call.
+    min_speech_s: float = 1.0
     # speed only:
     batch_seconds: float = 1800.0  # audio seconds (padded) per inference batch
     # Batch rows, and audio per row per streaming step. Speed: the first conv block writes 50 floats
@@ -73,6 +77,8 @@ class ScoreOptions:
         self.discovery.validate()
         if self.rate_s <= 0 or self.chunk_s <= 0 or self.max_batch < 1 or self.batch_seconds <= 0:
             raise ValueError("rate_s, chunk_s, batch_seconds must be > 0 and max_batch >= 1")
+        if self.min_speech_s < 0:
+            raise ValueError("min_speech_s must be >= 0")
         if self.compress_silence and not 0 <= self.keep_silence_s < self.min_silence_s:
             raise ValueError("keep_silence_s must be >= 0 and shorter than min_silence_s")
 
@@ -80,6 +86,7 @@ class ScoreOptions:
         """Hash of every option that changes the output values (speed options excluded)."""
         d = {"rate_s": self.rate_s, "compress_silence": self.compress_silence, "vad": silence.VAD_VERSION,
              "chunk_s": self.chunk_s,  # int8 activation scales are per streaming step
+             "min_speech_s": self.min_speech_s,
              "min_silence_s": self.min_silence_s, "keep_silence_s": self.keep_silence_s,
              "discovery": {k: v for k, v in asdict(self.discovery).items() if k != "follow_symlinks"},
              "changes": asdict(self.change_config)}
@@ -192,6 +199,10 @@ class Scorer:
         speech = silence.detect_speech(x, m.sample_rate, VAD_FRAME_S)
         if not speech.any():
             raise NoSpeechError(f"speaker {src.speaker}: no speech detected in {duration:.1f} s of audio")
+        speech_s = float(speech.sum()) * silence.frame_hop(m.sample_rate, VAD_FRAME_S) / m.sample_rate
+        if speech_s < o.min_speech_s:
+            raise TooShortError(f"speaker {src.speaker}: {speech_s:.2f} s of speech, less than the minimum of "
+                                f"{o.min_speech_s:g} s (min_speech_s / --min-speech)")
         if o.compress_silence:
             per_sample = np.repeat(speech, silence.frame_hop(m.sample_rate, VAD_FRAME_S))[: len(x)]
             if per_sample.size < len(x):

@@ -81,7 +81,7 @@ def test_default_model_rows_are_scored_independently():
 def test_batch_mates_and_batch_size_do_not_change_a_call(folders, reference, tmp_path, max_batch):
     _, crowd = folders
     scorer = Scorer(Model(DEFAULT_MODEL, device="cpu", threads=1), options=ScoreOptions(max_batch=max_batch))
-    summary = run_nightly(crowd, tmp_path / "out", scorer, log=lambda m: None)
+    summary = run_nightly(crowd, tmp_path / "out", scorer)
     assert summary.scored == 8 and summary.failed == 0
     assert_identical(reference, rows(tmp_path / "out"), f"in a folder of 8, max_batch {max_batch}")
 

@@ -64,23 +64,37 @@ def _names(text: str) -> tuple[str, ...]:
 @click.option("--keep-silence", type=click.FloatRange(min=0.0), default=1.0, show_default=True)
 @click.option("--force", is_flag=True, help="Rescore calls even when unchanged since the last run.")
 @click.option("--follow-symlinks", is_flag=True, help="Follow symlinks that point outside CALLS.")
+@click.option("--strict-roles", is_flag=True,
+              help="An RTTM label that no --roles entry maps makes its call an error (default: a warning, "
+                   "and the speaker keeps the label as its name).")
+@click.option("--min-speech", type=click.FloatRange(min=0.0), default=1.0, show_default=True,
+              help="Seconds of detected speech a speaker needs; less is an error row (TooShortError).")
+@click.option("--log-format", type=click.Choice(["text", "json"]), default="text", show_default=True,
+              help="text: timestamped lines when not on a terminal; json: one object per line "
+                   "(time, level, run_id, call_id, stage, message).")
+@click.option("--verbose", "-v", is_flag=True, help="Log a line per call (scored, skipped).")
 def score(calls_dir: Path, out: Path, model: Path | None, device: str, threads: int | None, batch_seconds: float,
           rate: float, layout: str, channels: str, roles: str, speaker_name: str, speakers: str,
           config_path: Path | None, compress_silence: bool, min_silence: float, keep_silence: float,
-          force: bool, follow_symlinks: bool) -> None:
+          force: bool, follow_symlinks: bool, strict_roles: bool, min_speech: float, log_format: str,
+          verbose: bool) -> None:
     """Score every call under CALLS into Parquet tables under OUT.
 
     Calls are stereo files, per-speaker files, mono + RTTM, or mono (one speaker), mixed freely.
     Writes OUT/{timeseries,calls,events,errors,runs}/date=YYYY-MM-DD/*.parquet. Unchanged calls
     are skipped on re-runs; a bad call becomes one row in OUT/errors and the run goes on.
     """
-    from cusemo_batch import changes
+    import logging
+
+    from cusemo_batch import changes, oplog
     from cusemo_batch.calls import DiscoveryOptions
     from cusemo_batch.model import ModelError
     from cusemo_batch.nightly import run_nightly
     from cusemo_batch.scorer import ScoreOptions, Scorer
     from cusemo_batch.store import LockedError, StoreError
 
+    oplog.configure(log_format, verbose)
+    log = logging.getLogger("cusemo_batch.cli")
     if keep_silence >= min_silence and compress_silence:
         raise click.BadParameter("--keep-silence must be shorter than --min-silence")
     try:
@@ -91,18 +105,13 @@ def score(calls_dir: Path, out: Path, model: Path | None, device: str, threads: 
         rate_s=rate, compress_silence=compress_silence, min_silence_s=min_silence, keep_silence_s=keep_silence,
         discovery=DiscoveryOptions(layout=layout, channels=_names(channels), speaker_name=speaker_name,
                                    roles=_pairs(roles, "--roles"), speakers=_names(speakers),
-                                   follow_symlinks=follow_symlinks),
-        change_config=change_cfg, batch_seconds=batch_seconds)
+                                   strict_roles=strict_roles, follow_symlinks=follow_symlinks),
+        change_config=change_cfg, batch_seconds=batch_seconds, min_speech_s=min_speech)
     try:
         scorer = Scorer(model, device=device, threads=threads, options=opts)
     except (ModelError, OSError, ValueError) as e:
         raise UserError(str(e)) from None
     console.print(f"model {scorer.model_id} ({scorer.model.sha256[:12]}) on {', '.join(scorer.model.providers)}")
-
-    from rich.markup import escape
-
-    def _log(message: str) -> None:  # file names and messages may contain [brackets]
-        err_console.print(escape(message))
 
     started = time.perf_counter()
     state = {"n": 0, "audio": 0.0, "last_log": started}
@@ -113,8 +122,8 @@ def score(calls_dir: Path, out: Path, model: Path | None, device: str, threads: 
         now = time.perf_counter()
         if not console.is_terminal and now - state["last_log"] >= 30:
             state["last_log"] = now
-            console.print(f"... {state['n']} calls, {state['audio'] / 3600:.2f} h of audio, "
-                          f"{now - started:.0f} s")
+            log.info("progress: %d calls, %.2f h of audio, %.0f s", state["n"], state["audio"] / 3600,
+                     now - started, extra={"stage": "progress"})
 
     try:
         if console.is_terminal:
@@ -129,10 +138,10 @@ def score(calls_dir: Path, out: Path, model: Path | None, device: str, threads: 
                     on_call(outcome)
                     bar.update(task, advance=1, hours=state["audio"] / 3600)
 
-                summary = run_nightly(calls_dir, out, scorer, force=force, log=_log,
+                summary = run_nightly(calls_dir, out, scorer, force=force,
                                       on_call=on_call_tty, on_start=lambda n: bar.update(task, total=n))
         else:
-            summary = run_nightly(calls_dir, out, scorer, force=force, log=_log, on_call=on_call)
+            summary = run_nightly(calls_dir, out, scorer, force=force, on_call=on_call)
     except LockedError as e:
         err_console.print(f"error: {e}")
         sys.exit(3)
