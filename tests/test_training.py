@@ -274,6 +274,7 @@ def test_augment_and_loss_sections_are_read_and_validated(tmp_path):
     for text, msg in (("[augment]\np_noise = 2\n", "probability"), ("[augment]\nsnr = 3\n", "unknown key"),
                       ("[data]\nnormalisation = 'peak'\n", "normalisation"),
                       ("[train]\nplateau_factor = 1.5\n", "plateau_factor"), ("[loss]\nmse_weight = -1\n", "mse_weight"),
+                      ("[train]\nema_decay = 1.0\n", "ema_decay"),
                       ("[data]\nnormalisation = 'speech_rms'\ngain_db = 6\n", "level_dbfs"),
                       ("[model]\nsample_rate = 16000\n[augment]\nenabled = true\n", "gsm")):
         bad.write_text(text)
@@ -298,3 +299,38 @@ def test_parallel_seeds_train_the_same_models(tiny_corpus, tmp_path, tiny_train_
         seq = json.loads((tmp_path / "seq" / f"seed_{seed}" / "result.json").read_text())
         assert par["dev"]["valence"] == seq["dev"]["valence"] and par["test"]["arousal"] == seq["test"]["arousal"]
     assert json.loads((tmp_path / "par" / "summary.json").read_text())["seeds"] == [3, 4]
+
+
+def test_ema_warms_up_and_the_checkpoint_holds_the_average(tiny_corpus, tmp_path):
+    """Weight EMA: rate min(decay, (1+n)/(10+n)) per update (hand-computed), buffers averaged too;
+    dev evaluation and best.pt see the average, not the last step."""
+    from cusemo_batch.training.loop import _ema, train_seed
+
+    torch.manual_seed(0)
+    model = CRNN(Config().with_overrides(model=SMALL).model)
+    ema = _ema(model, 0.97)
+    p0 = [p.detach().clone() for p in model.parameters()]
+    expected = None
+    for k in range(1, 4):
+        with torch.no_grad():
+            for p in model.parameters():
+                p.add_(1.0)
+        ema.update_parameters(model)
+        n = k - 1  # updates before this one
+        d = min(0.97, (1 + n) / (10 + n))
+        expected = float(k) if expected is None else expected * d + k * (1 - d)
+    got = float((next(ema.module.parameters()).detach() - p0[0]).mean())
+    assert abs(got - expected) < 1e-5, (got, expected)
+    assert _ema(model, 0.0) is None
+
+    torch.set_num_threads(1)
+    cfg = Config().with_overrides(model=SMALL, data={"segment_s": 10, "split": [1 / 3, 1 / 3, 1 / 3]},
+                                  train={"lr": 1e-3, "epochs": 1, "seeds": [0], "ema_decay": 0.5,
+                                         "max_batches_per_epoch": 3})
+    train_seed(prepare(tiny_corpus, cfg), 0, tmp_path / "ema", log=lambda m: None)
+    averaged = load_checkpoint(tmp_path / "ema" / "best.pt")[0]
+    plain = cfg.with_overrides(train={"ema_decay": 0.0})
+    train_seed(prepare(tiny_corpus, plain), 0, tmp_path / "plain", log=lambda m: None)
+    last = load_checkpoint(tmp_path / "plain" / "best.pt")[0]
+    diff = max(float((a - b).abs().max()) for a, b in zip(averaged.parameters(), last.parameters()))
+    assert diff > 1e-5  # the same three steps, stored as their average instead of the last weights
