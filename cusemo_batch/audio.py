@@ -21,8 +21,47 @@ NORMALISATIONS = ("none", "rms", "speech_rms")
 RMS_TARGET = 0.1  # -20 dBFS, a typical speech level
 
 
+# Largest sample magnitude accepted, in full scale. Float files may legitimately exceed 1.0 (a mix
+# bus, a gain before export; speech at -5 dBFS active level peaks around +10..+15 dBFS); integer PCM
+# values stored as floats (a mis-scaled export: speech peaks in the thousands) are not a recording
+# anyone meant: the call becomes an error row, not numbers.
+MAX_PEAK = 100.0  # +40 dBFS
+
+
 class AudioError(ValueError):
     """Audio cannot be used (unreadable, empty, non-finite...). Message is one line."""
+
+
+def riff_truncation(path: str | Path) -> str | None:
+    """For a RIFF/WAVE file: a message when its ``data`` chunk declares more bytes than the file holds.
+
+    libsndfile then reports only the frames present (a file cut in half at upload reads as a
+    complete call of half the length); the header says what was meant. Streaming writers that
+    leave the size at 0 or 0xFFFFFFFF ("unknown") are not truncated.
+    """
+    import struct
+
+    try:
+        size = Path(path).stat().st_size
+        with open(path, "rb") as f:
+            head = f.read(12)
+            if len(head) < 12 or head[:4] not in (b"RIFF", b"RIFX") or head[8:12] != b"WAVE":
+                return None
+            fmt = "<I" if head[:4] == b"RIFF" else ">I"
+            pos = 12
+            while pos + 8 <= size:
+                f.seek(pos)
+                chunk = f.read(8)
+                cid, n = chunk[:4], struct.unpack(fmt, chunk[4:])[0]
+                if cid == b"data":
+                    have = size - pos - 8
+                    if n not in (0, 0xFFFFFFFF) and n > have:
+                        return f"truncated: the header declares {n} bytes of audio, the file holds {have}"
+                    return None
+                pos += 8 + n + (n & 1)
+    except OSError:
+        return None
+    return None
 
 
 def audio_info(path: str | Path) -> sf._SoundFileInfo:
@@ -74,6 +113,10 @@ def _decode(path: str | Path, sample_rate: int, pick) -> np.ndarray:
         sr, n, ch = f.samplerate, f.frames, f.channels
         if n <= 0:
             raise AudioError(f"{path}: no audio samples")
+        if f.format in ("WAV", "WAVEX"):
+            cut = riff_truncation(path)
+            if cut:
+                raise AudioError(f"{path}: {cut}")
         ratio = Fraction(sample_rate, sr)
         up, down = ratio.numerator, ratio.denominator
         # resample_poly's filter reaches 10*max(up, down) samples at the upsampled rate each side.
@@ -91,6 +134,10 @@ def _decode(path: str | Path, sample_rate: int, pick) -> np.ndarray:
                 x = pick(data, ch)
                 if not np.all(np.isfinite(x)):
                     raise AudioError(f"{path}: contains NaN or infinite samples")
+                peak = float(np.max(np.abs(x))) if x.size else 0.0
+                if peak > MAX_PEAK:
+                    raise AudioError(f"{path}: samples reach {peak:.4g} x full scale (a float export of "
+                                     f"integer PCM?); at most {MAX_PEAK:g} is accepted")
                 y = resample(np.ascontiguousarray(x), sr, sample_rate)
                 skip = (start - lo) * up // down
                 keep = (min(start + block, n) - start) * up // down if start + block < n else None

@@ -19,7 +19,9 @@ turns it into one row of the ``errors`` table) and the other calls go on.
 from __future__ import annotations
 
 import csv
+import math
 import os
+import stat
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -94,31 +96,83 @@ class DiscoveryOptions:
 
 
 def _walk(root: Path, follow_symlinks: bool, errors: list[CallError]) -> list[Path]:
-    """All files under ``root``; symlinks leaving ``root`` are refused unless followed explicitly."""
+    """All regular files under ``root``; every file or folder that is skipped becomes an error row.
+
+    * symlinks leaving ``root`` are refused unless followed explicitly;
+    * with ``follow_symlinks``, a folder whose real path was already walked (a link to a parent,
+      a cycle) is reported once and not entered again;
+    * FIFOs, sockets and devices are never opened (reading a FIFO blocks forever, ``/dev/zero``
+      never ends): only regular files are calls;
+    * a folder that cannot be listed (permissions) is an error row, not a silent gap.
+    """
     root_real = root.resolve()
     out: list[Path] = []
-    for dirpath, dirnames, filenames in os.walk(root, followlinks=follow_symlinks, onerror=None):
+
+    def unreadable(e: OSError) -> None:
+        where = Path(e.filename) if e.filename else root
+        errors.append(CallError(where.name, str(where), "discover", "UnreadableFolder",
+                                f"cannot list folder ({e.strerror or type(e).__name__}); its calls are not scored"))
+
+    seen = {root_real}
+    for dirpath, dirnames, filenames in os.walk(root, followlinks=follow_symlinks, onerror=unreadable):
         d = Path(dirpath)
-        for name in list(dirnames):
+        for name in sorted(dirnames):
             p = d / name
-            if p.is_symlink() and not follow_symlinks and not _inside(p, root_real):
+            if not p.is_symlink():
+                continue
+            if not follow_symlinks and not _inside(p, root_real):
                 errors.append(CallError(p.name, str(p), "discover", "SymlinkOutside",
-                                        f"symlinked folder points outside CALLS ({p.resolve()}); use --follow-symlinks"))
+                                        f"symlinked folder points outside CALLS ({_real(p)}); use --follow-symlinks"))
                 dirnames.remove(name)
+                continue
+            real = _real(p)
+            if real is None or real in seen or real in d.resolve().parents or real == d.resolve():
+                errors.append(CallError(p.name, str(p), "discover", "SymlinkLoop",
+                                        f"symlinked folder leads back to a folder already searched ({real})"))
+                dirnames.remove(name)
+                continue
+            seen.add(real)
         for name in sorted(filenames):
             if name.startswith("."):
                 continue
             p = d / name
             if p.is_symlink():
-                if not p.exists():
+                try:
+                    os.path.realpath(p, strict=True)
+                except FileNotFoundError:
                     errors.append(CallError(_stem(p), str(p), "discover", "BrokenSymlink", "symlink target does not exist"))
+                    continue
+                except OSError:  # ELOOP
+                    errors.append(CallError(_stem(p), str(p), "discover", "SymlinkLoop",
+                                            "symlink loop (the link leads back to itself)"))
                     continue
                 if not follow_symlinks and not _inside(p, root_real):
                     errors.append(CallError(_stem(p), str(p), "discover", "SymlinkOutside",
-                                            f"symlink points outside CALLS ({p.resolve()}); use --follow-symlinks"))
+                                            f"symlink points outside CALLS ({_real(p)}); use --follow-symlinks"))
                     continue
+            try:
+                mode = p.stat().st_mode
+            except OSError as e:
+                errors.append(CallError(_stem(p), str(p), "discover", "UnreadableFile",
+                                        f"cannot stat ({e.strerror or type(e).__name__})"))
+                continue
+            if not stat.S_ISREG(mode):
+                if p.suffix.lower() in AUDIO_SUFFIXES or p.suffix.lower() in (".rttm", ".csv", ".parquet"):
+                    kind = ("FIFO" if stat.S_ISFIFO(mode) else "socket" if stat.S_ISSOCK(mode)
+                            else "device" if stat.S_ISCHR(mode) or stat.S_ISBLK(mode) else "special file")
+                    errors.append(CallError(_stem(p), str(p), "discover", "NotARegularFile",
+                                            f"a {kind}, not a file: never opened"))
+                continue
             out.append(p)
     return sorted(out)
+
+
+def _real(p: Path) -> Path | None:
+    """The real path of ``p``; None when it cannot be resolved (a symlink loop, a missing target)."""
+    try:
+        return Path(os.path.realpath(p, strict=True))
+    except OSError:
+        return None
 
 
 def _inside(p: Path, root_real: Path) -> bool:
@@ -280,10 +334,15 @@ def read_rttm(path: str | Path) -> list[RTTMSegment]:
             continue
         if len(parts) < 8:
             raise RTTMError(f"{path}:{lineno}: SPEAKER line needs 8+ fields, got {len(parts)}")
+        if len(parts) > 10:  # "Agent Smith" would otherwise become the label "Agent"
+            raise RTTMError(f"{path}:{lineno}: SPEAKER line has {len(parts)} fields, RTTM has 10 "
+                            f"(a speaker name with spaces? {' '.join(parts[7:-2])!r})")
         try:
             onset, dur = float(parts[3]), float(parts[4])
         except ValueError:
             raise RTTMError(f"{path}:{lineno}: onset/duration not numbers: {parts[3]!r} {parts[4]!r}") from None
+        if not (math.isfinite(onset) and math.isfinite(dur)):
+            raise RTTMError(f"{path}:{lineno}: onset/duration not finite: {parts[3]!r} {parts[4]!r}")
         if onset < 0 or dur < 0:
             raise RTTMError(f"{path}:{lineno}: negative onset or duration")
         segs.append(RTTMSegment(onset, dur, parts[7]))
@@ -292,31 +351,102 @@ def read_rttm(path: str | Path) -> list[RTTMSegment]:
     return segs
 
 
-def read_metadata(root: str | Path) -> tuple[list[dict[str, str]] | None, str | None]:
+class MetadataError(ValueError):
+    """``calls.csv`` / ``calls.parquet`` cannot be used as a whole (one line, with file and line)."""
+
+
+@dataclass
+class CallMetadata:
+    """Rows of ``calls.csv`` / ``calls.parquet`` by call id, with where each came from."""
+
+    source: Path
+    columns: tuple[str, ...]
+    rows: dict[str, dict[str, str]]
+    lines: dict[str, int]  # call id -> line in the CSV (row number + 1 in a Parquet file)
+
+    def date_problem(self, call_id: str) -> str | None:
+        """A message when the call's ``date`` is given but not a calendar date (YYYY-MM-DD)."""
+        from .store import valid_date
+
+        value = (self.rows.get(call_id) or {}).get("date", "")
+        if not value or not value.strip() or valid_date(value):
+            return None
+        return (f"{self.source.name}:{self.lines[call_id]}: date {value!r} is not a calendar date "
+                f"(YYYY-MM-DD)")
+
+
+# Columns calls.csv may not use: `call_date` is the name `date` gets in the calls table.
+RESERVED_METADATA = ("call_date",)
+
+
+def read_metadata(root: str | Path) -> CallMetadata | None:
     """Optional ``calls.csv`` / ``calls.parquet`` at the folder root: rows with a ``call_id`` column.
 
-    Returns (rows, problem): a problem message when a file exists but cannot be used.
+    None when there is neither. A file that cannot be used as a whole raises MetadataError with
+    file and line -- before the nightly job touches OUT: silently scoring without metadata would
+    move calls to other partitions and drop their columns. CSV text may be UTF-8 (with or without
+    a BOM) or UTF-16 with a BOM (what spreadsheet programs write as "Unicode text").
     """
     root = Path(root)
     pq, cs = root / "calls.parquet", root / "calls.csv"
-    try:
-        if pq.is_file():
-            import polars as pl
+    if pq.is_file():
+        import polars as pl
 
+        try:
             df = pl.read_parquet(pq)
-            rows = [{k: ("" if v is None else str(v)) for k, v in r.items()} for r in df.iter_rows(named=True)]
-            source = pq
-        elif cs.is_file():
-            with open(cs, newline="", encoding="utf-8-sig") as f:
-                rows = list(csv.DictReader(f))
-            source = cs
+        except Exception as e:
+            raise MetadataError(f"{pq}: cannot read ({_first_line(e)})") from None
+        header = list(df.columns)
+        records = [(i + 2, ["" if v is None else str(v) for v in r]) for i, r in enumerate(df.iter_rows())]
+        source = pq
+    elif cs.is_file():
+        try:
+            raw = cs.read_bytes()
+        except OSError as e:
+            raise MetadataError(f"{cs}: cannot read ({e.strerror or e})") from None
+        if raw.startswith((b"\xff\xfe", b"\xfe\xff")):
+            encoding = "utf-16"
         else:
-            return None, None
-    except Exception as e:
-        return None, f"cannot read call metadata: {_first_line(e)}"
-    if rows and "call_id" not in rows[0]:
-        return None, f"{source.name} has no call_id column"
-    return rows, None
+            encoding = "utf-8-sig"
+        try:
+            text = raw.decode(encoding)
+        except UnicodeDecodeError as e:
+            raise MetadataError(f"{cs}: not UTF-8 or UTF-16 text (byte {e.start}: {e.reason})") from None
+        try:
+            table = list(csv.reader(text.splitlines()))
+        except csv.Error as e:
+            raise MetadataError(f"{cs}: not CSV ({e})") from None
+        if not table:
+            return None
+        header = [h.strip() for h in table[0]]
+        records = [(i + 2, r) for i, r in enumerate(table[1:]) if any(x.strip() for x in r)]
+        source = cs
+    else:
+        return None
+    name = source.name
+    if "call_id" not in header:
+        raise MetadataError(f"{source}:1: no call_id column (columns: {', '.join(header)[:200]})")
+    dupes = sorted({h for h in header if header.count(h) > 1})
+    if dupes or any(not h for h in header):
+        raise MetadataError(f"{source}:1: column names must be non-empty and distinct "
+                            f"({', '.join(map(repr, dupes)) or 'an empty name'})")
+    reserved = [h for h in header if h in RESERVED_METADATA]
+    if reserved:
+        raise MetadataError(f"{source}:1: column {reserved[0]!r} is reserved (the calls table names the "
+                            f"`date` column so); rename it")
+    rows: dict[str, dict[str, str]] = {}
+    lines: dict[str, int] = {}
+    for line, values in records:
+        if len(values) != len(header):
+            raise MetadataError(f"{name}:{line}: {len(values)} fields, the header has {len(header)}")
+        row = dict(zip(header, (v.strip() for v in values)))
+        cid = row["call_id"]
+        if not cid:
+            raise MetadataError(f"{name}:{line}: empty call_id")
+        if cid in rows:
+            raise MetadataError(f"{name}:{line}: call_id {cid!r} is listed twice (first on line {lines[cid]})")
+        rows[cid], lines[cid] = row, line
+    return CallMetadata(source, tuple(header), rows, lines)
 
 
 def _first_line(e: BaseException) -> str:

@@ -38,9 +38,9 @@ from .calls import Call, CallError, discover, read_metadata
 from .files import crash_point
 from .scorer import CallOutcome, Scorer, errors_frame, join_metadata
 from .schema import SCHEMA_VERSION
-from .store import MANIFEST_SCHEMA, Store, call_key, valid_date
+from .store import MANIFEST_SCHEMA, Store, StoreWriteError, call_key, valid_date
 
-EXIT_OK, EXIT_FAILED, EXIT_USAGE, EXIT_LOCKED, EXIT_NO_CALLS = 0, 1, 2, 3, 4
+EXIT_OK, EXIT_FAILED, EXIT_USAGE, EXIT_LOCKED, EXIT_NO_CALLS, EXIT_WRITE = 0, 1, 2, 3, 4, 5
 MANIFEST_FLUSH_S = 10.0
 log = logging.getLogger(__name__)  # fields run_id / call_id / stage in `extra` (cusemo_batch.oplog)
 
@@ -57,10 +57,14 @@ class RunSummary:
     errors: list[CallError] = field(default_factory=list)
     out: Path | None = None
     unmapped_labels: dict[str, int] = field(default_factory=dict)  # RTTM label -> calls carrying it
+    write_error: str = ""  # OUT could not be written (disk full...): the night stopped early
 
     @property
     def exit_code(self) -> int:
-        """1 when a call failed; 4 when CALLS held no call at all (an unmounted share looks like that)."""
+        """5 when OUT could not be written; 1 when a call failed; 4 when CALLS held no call at all (an
+        unmounted share looks like that)."""
+        if self.write_error:
+            return EXIT_WRITE
         if self.failed:
             return EXIT_FAILED
         return EXIT_NO_CALLS if self.calls_found == 0 else EXIT_OK
@@ -92,10 +96,22 @@ class Manifest:
         self._flushed = time.monotonic()
 
     def is_current(self, call_id: str, key: str, date: str) -> bool:
-        """True when the call's stored good rows come from exactly this key and partition."""
+        """True when the call's stored good rows come from exactly this key and partition and are there.
+
+        The existence check (a stat per file) catches rows deleted behind the store's back -- a
+        partition removed by hand, a restore from an older backup: they are rescored, not trusted.
+        """
         with self._lock:
             prev = self._rows.get(call_id)
-            return prev is not None and prev["status"] == "ok" and prev["key"] == key and prev["date"] == date
+            current = prev is not None and prev["status"] == "ok" and prev["key"] == key and prev["date"] == date
+            files = list(prev["files"]) if current else []
+        return current and all((self.store.root / f).is_file() for f in files)
+
+    def date_of(self, call_id: str) -> str | None:
+        """The partition the call's rows are in (None for a call never stored)."""
+        with self._lock:
+            prev = self._rows.get(call_id)
+            return prev["date"] if prev and prev["date"] else None
 
     def ok_files(self, call_id: str) -> list[str]:
         with self._lock:
@@ -142,6 +158,7 @@ class CallWriter:
     model_sha256: str
     now: dt.datetime
     metadata: dict[str, dict]
+    metadata_columns: tuple[str, ...] = ()
 
     def _run_columns(self) -> list[pl.Expr]:
         return [pl.lit(self.run_id).alias("run_id"), pl.lit(self.model_id).alias("model_id"),
@@ -154,9 +171,8 @@ class CallWriter:
             pl.lit(out.audio_sha256).alias("audio_sha256"), pl.lit(key).alias("score_key"),
             pl.lit(self.now).alias("scored_at"), pl.lit(SCHEMA_VERSION).alias("schema_version"), *lit,
             pl.lit(None, pl.Datetime("us", "UTC")).alias("last_error_at"), pl.lit(None, pl.Utf8).alias("last_error"))
-        if self.metadata:  # every call of the night gets calls.csv's columns (null when not listed)
-            columns = dict.fromkeys(k for row in self.metadata.values() for k in row)
-            row = {k: None for k in columns} | self.metadata.get(cid, {}) | {"call_id": cid}
+        if self.metadata_columns:  # every call of the night gets calls.csv's columns (null when not listed)
+            row = {k: None for k in self.metadata_columns} | self.metadata.get(cid, {}) | {"call_id": cid}
             calls_df = join_metadata(calls_df, [row])
         files = [self.store.write("timeseries", date, name, out.timeseries.with_columns(*lit))]
         crash_point("between_tables")
@@ -201,13 +217,16 @@ def run_nightly(calls_dir: str | Path, out_dir: str | Path, scorer: Scorer, forc
     run_id = new_run_id(now)
     today = run_date or now.date().isoformat()
     summary = RunSummary(run_id, out=Path(out_dir))
+    metadata = read_metadata(calls_dir)  # MetadataError before OUT is touched
+    meta = metadata.rows if metadata else {}
     with Store(Path(out_dir)) as store:
         calls, discovery_errors = discover(calls_dir, scorer.options.discovery)
-        meta_rows, meta_problem = read_metadata(calls_dir)
-        meta = {r["call_id"]: r for r in (meta_rows or [])}
         run = {"run_id": run_id}
-        if meta_problem:
-            log.warning("%s; calls are written without metadata", meta_problem, extra={**run, "stage": "metadata"})
+        bad_meta = [c for c in calls if metadata and metadata.date_problem(c.call_id)]
+        if bad_meta:  # one bad value: that call's error row, the night goes on
+            discovery_errors += [CallError(c.call_id, str(metadata.source), "metadata", "BadMetadata",
+                                           metadata.date_problem(c.call_id) or "") for c in bad_meta]
+            calls = [c for c in calls if c not in bad_meta]
         summary.calls_found = len(calls) + len({e.call_id for e in discovery_errors})
         if summary.calls_found == 0:
             log.warning("no calls found under %s (an empty or unmounted folder?); exit code %d", calls_dir,
@@ -223,14 +242,17 @@ def run_nightly(calls_dir: str | Path, out_dir: str | Path, scorer: Scorer, forc
         if on_start:
             on_start(len(calls))
         manifest = Manifest(store, run_id)
-        writer = CallWriter(store, run_id, scorer.model_id, scorer.model.sha256, now, meta)
+        writer = CallWriter(store, run_id, scorer.model_id, scorer.model.sha256, now, meta,
+                            metadata.columns if metadata else ())
         options_hash = scorer.options.result_hash()
 
         def key_for(sha: str) -> str:
             return f"{sha[:32]}:{scorer.model.sha256[:16]}:{options_hash}"
 
         def date_for(call_id: str) -> str:
-            return valid_date(meta.get(call_id, {}).get("date")) or today
+            # calls.csv's date, else the partition the call already lives in (metadata that went
+            # missing must not move a call's rows), else the run date
+            return valid_date(meta.get(call_id, {}).get("date")) or manifest.date_of(call_id) or today
 
         def skip(call: Call, sha: str) -> bool:
             current = not force and manifest.is_current(call.call_id, key_for(sha), date_for(call.call_id))
@@ -250,33 +272,53 @@ def run_nightly(calls_dir: str | Path, out_dir: str | Path, scorer: Scorer, forc
                       " (its previous rows are kept)" if kept else "",
                       extra={**run, "call_id": err.call_id, "stage": err.stage})
 
-        for err in discovery_errors:
-            failed(err)
-
         n_done = 0
-        for out in scorer.iter_outcomes(calls, skip=skip):
-            n_done += 1
-            if on_call:
-                on_call(out)
-            if not out.ok:
-                failed(out.error, key_for(out.audio_sha256) if out.audio_sha256 else "")
-                continue
-            cid = out.call.call_id
-            key, date = key_for(out.audio_sha256), date_for(cid)
-            files = writer.write_ok(out, key, date)
-            crash_point("before_manifest")
-            manifest.record_ok(cid, key, date, files)
-            crash_point("after_call")
-            summary.scored += 1
-            summary.audio_s += out.audio_s
-            log.debug("%s: scored %d speaker(s), %.1f s of audio -> %s", cid, out.summary.height, out.audio_s, date,
-                      extra={**run, "call_id": cid, "stage": "write"})
-        manifest.flush()
-        summary.skipped = len(calls) - n_done
+        try:
+            for err in discovery_errors:
+                failed(err)
+            for out in scorer.iter_outcomes(calls, skip=skip):
+                n_done += 1
+                if on_call:
+                    on_call(out)
+                if out.ok:
+                    _write_scored(out, writer, manifest, summary, key_for, date_for, run)
+                else:
+                    failed(out.error, key_for(out.audio_sha256) if out.audio_sha256 else "")
+            manifest.flush()
+        except StoreWriteError as e:  # disk full, I/O error: stop the night, record what can be recorded
+            summary.write_error = str(e)
+            log.error("%s; the night stops here (what was written is whole; rerun when OUT has room)", e,
+                      extra={**run, "stage": "write"})
+            try:
+                manifest.flush()
+            except StoreWriteError:
+                pass
+        summary.skipped = len(calls) - n_done if not summary.write_error else 0
         summary.wall_s = time.perf_counter() - t0
-        store.write("runs", today, f"run-{run_id}", _run_row(summary, scorer, calls_dir, now, options_hash))
-        store.ensure_queryable(today, scorer.model.outputs[2:])
+        try:
+            store.write("runs", today, f"run-{run_id}", _run_row(summary, scorer, calls_dir, now, options_hash))
+            store.ensure_queryable(today, scorer.model.outputs[2:])
+        except StoreWriteError:
+            if not summary.write_error:
+                raise
+        if summary.write_error:
+            raise StoreWriteError(summary.write_error)
     return summary
+
+
+def _write_scored(out: CallOutcome, writer: CallWriter, manifest: Manifest, summary: RunSummary,
+                  key_for: Callable[[str], str], date_for: Callable[[str], str], run: dict) -> None:
+    """One successful call: its tables, then its manifest row (the order crash safety relies on)."""
+    cid = out.call.call_id
+    key, date = key_for(out.audio_sha256), date_for(cid)
+    files = writer.write_ok(out, key, date)
+    crash_point("before_manifest")
+    manifest.record_ok(cid, key, date, files)
+    crash_point("after_call")
+    summary.scored += 1
+    summary.audio_s += out.audio_s
+    log.debug("%s: scored %d speaker(s), %.1f s of audio -> %s", cid, out.summary.height, out.audio_s, date,
+              extra={**run, "call_id": cid, "stage": "write"})
 
 
 def _run_row(summary: RunSummary, scorer: Scorer, calls_dir: str | Path, now: dt.datetime,

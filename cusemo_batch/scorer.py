@@ -414,7 +414,11 @@ class Scorer:
         return out
 
     def score_folder(self, path: str | Path) -> Result:
-        """Score every call under ``path`` in memory (no store, no skipping)."""
+        """Score every call under ``path`` in memory (no store, no skipping).
+
+        Raises MetadataError when ``calls.csv`` / ``calls.parquet`` exists but cannot be used.
+        """
+        meta = read_metadata(path)
         calls, errors = discover(path, self.options.discovery)
         ts, summaries, events, errs = [], [], [], list(errors)
         for out in self.iter_outcomes(calls):
@@ -424,10 +428,9 @@ class Scorer:
                 events.append(out.events)
             else:
                 errs.append(out.error)
-        meta, problem = read_metadata(path)
         calls_df = pl.concat(summaries, how="diagonal_relaxed") if summaries else pl.DataFrame()
         if meta and calls_df.height:
-            calls_df = join_metadata(calls_df, meta)
+            calls_df = join_metadata(calls_df, list(meta.rows.values()))
         return Result(
             pl.concat(ts, how="diagonal_relaxed") if ts else pl.DataFrame(),
             calls_df,

@@ -18,6 +18,7 @@ partitioning (DuckDB, polars, Spark, Power BI's folder connector).
 
 from __future__ import annotations
 
+import datetime as dt
 import fcntl
 import hashlib
 import os
@@ -33,7 +34,7 @@ from .schema import SCHEMA_VERSION
 
 TABLES = tuple(schema.TABLES)
 EMPTY = "_empty"  # stem of the zero-row placeholder of a table that has no rows yet
-_DATE = re.compile(r"^\d{4}-\d{2}-\d{2}$")
+_DATE = re.compile(r"^[0-9]{4}-[0-9]{2}-[0-9]{2}$")
 
 # One row per call: ``status``/``key`` of the last attempt, ``files`` everything the call owns;
 # ``ok_key``/``ok_files`` the good rows kept until a new success replaces them (see nightly.Manifest).
@@ -51,6 +52,27 @@ class StoreError(Exception):
     """The output folder cannot be used (exit code 2)."""
 
 
+class StoreWriteError(StoreError):
+    """Writing under OUT failed mid-run (disk full, I/O error, quota): exit code 5.
+
+    Files already written stay whole (atomic renames); the next run on a healthy disk completes
+    the night to the same rows.
+    """
+
+
+def _cause(e: BaseException) -> str:
+    """The OS reason of a failed write ("No space left on device"), not a Parquet library's echo of it."""
+    import errno
+
+    if isinstance(e, OSError) and e.errno:
+        return e.strerror or errno.errorcode.get(e.errno, str(e))
+    text = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+    for code in (errno.ENOSPC, errno.EDQUOT, errno.EIO, errno.EROFS):
+        if os.strerror(code).lower() in str(e).lower():
+            return os.strerror(code)
+    return text[:200]
+
+
 def call_key(call_id: str) -> str:
     """A file name for a call id that can never escape its folder (no separators, no dots-only).
 
@@ -61,11 +83,21 @@ def call_key(call_id: str) -> str:
 
 
 def valid_date(text: str | None) -> str | None:
-    """``YYYY-MM-DD`` prefix of an ISO date/datetime, or None (so paths cannot be injected)."""
+    """``YYYY-MM-DD`` prefix of an ISO date/datetime that is a calendar date, or None.
+
+    ASCII digits only (``str.isdigit`` and ``\\d`` accept full-width digits) and a real day
+    (``2026-02-30`` is not), so partitions stay parseable as DATE and paths cannot be injected.
+    """
     if not text:
         return None
     head = str(text).strip()[:10]
-    return head if _DATE.match(head) else None
+    if not _DATE.match(head):
+        return None
+    try:
+        dt.date.fromisoformat(head)
+    except ValueError:
+        return None
+    return head
 
 
 @dataclass
@@ -136,8 +168,11 @@ class Store:
         """Write one file atomically, in the table's declared schema; returns its path relative to OUT."""
         path = self.table_path(table, date, name)
         df = schema.conform(table, df)
-        with atomic_path(path) as tmp:
-            df.write_parquet(tmp, compression="zstd", statistics=True)
+        try:
+            with atomic_path(path) as tmp:
+                df.write_parquet(tmp, compression="zstd", statistics=True)
+        except (OSError, pl.exceptions.PolarsError) as e:
+            raise StoreWriteError(f"{self.root}: cannot write {table} ({_cause(e)})") from None
         return str(path.relative_to(self.root))
 
     def ensure_queryable(self, date: str, heads: tuple[str, ...] = ()) -> None:
@@ -192,38 +227,69 @@ class Store:
         return self.rebuild_manifest()
 
     def write_manifest(self, df: pl.DataFrame) -> None:
-        with atomic_path(self.manifest_path) as tmp:
-            df.select(list(MANIFEST_SCHEMA)).cast(MANIFEST_SCHEMA).sort("call_id").write_parquet(tmp)
+        try:
+            with atomic_path(self.manifest_path) as tmp:
+                df.select(list(MANIFEST_SCHEMA)).cast(MANIFEST_SCHEMA).sort("call_id").write_parquet(tmp)
+        except (OSError, pl.exceptions.PolarsError) as e:
+            raise StoreWriteError(f"{self.root}: cannot write the manifest ({_cause(e)})") from None
 
     def rebuild_manifest(self) -> pl.DataFrame:
         """Reconstruct the manifest from the tables: ``calls``/``errors`` rows carry call id and key.
 
         Files are tied to a call by their name (:func:`call_key`), shared by all tables. A call with
         both good rows and an error row failed after an earlier success: status ``error``, the good
-        rows kept as ``ok_files``.
+        rows kept as ``ok_files``. A call found in several date partitions (its date changed and
+        the run that moved it died before its manifest write) keeps the partition of its newest
+        result (``scored_at``); the other copies are deleted, so no row is ever counted twice.
         """
-        rows: dict[str, dict] = {}  # by file stem
-        for table, status in (("calls", "ok"), ("errors", "error")):
+        found: dict[str, dict[str, dict]] = {}  # stem -> date -> what that partition holds
+        for table in ("calls", "errors"):
             for f in sorted((self.root / table).glob("date=*/*.parquet")):
+                if f.stem == EMPTY:
+                    continue
                 try:
                     df = pl.read_parquet(f)
                 except Exception:
                     continue
                 if not df.height or "call_id" not in df.columns:
                     continue
-                key = df["score_key"][0] if "score_key" in df.columns else ""
-                row = rows.setdefault(f.stem, {"call_id": df["call_id"][0], "files": [], "ok_files": [], "ok_key": ""})
-                row.update(status=status, key=key, date=f.parent.name.removeprefix("date="),
-                           run_id=df["run_id"][0] if "run_id" in df.columns else "")
-                if status == "ok":
-                    row["ok_key"] = key
+                date = f.parent.name.removeprefix("date=")
+                part = found.setdefault(f.stem, {}).setdefault(date, {"call_id": df["call_id"][0]})
+                stamp = "scored_at" if table == "calls" else "occurred_at"
+                part[table] = {"key": df["score_key"][0] if "score_key" in df.columns else "",
+                               "run_id": df["run_id"][0] if "run_id" in df.columns else "",
+                               "at": df[stamp].max() if stamp in df.columns else None}
+        files: dict[str, dict[str, list[str]]] = {}  # stem -> date -> files (every table)
         for table in TABLES:
             for f in sorted((self.root / table).glob("date=*/*.parquet")):
-                if f.stem in rows:
-                    rel = str(f.relative_to(self.root))
-                    rows[f.stem]["files"].append(rel)
-                    if table != "errors":
-                        rows[f.stem]["ok_files"].append(rel)
+                if f.stem in found:
+                    date = f.parent.name.removeprefix("date=")
+                    files.setdefault(f.stem, {}).setdefault(date, []).append(str(f.relative_to(self.root)))
+        rows = []
+        for stem, parts in found.items():
+            def newest(table: str) -> str | None:
+                have = [d for d, p in parts.items() if table in p]
+                return max(have, key=lambda d: (parts[d][table]["at"] is not None, parts[d][table]["at"] or 0, d)) \
+                    if have else None
+
+            ok_date, err_date = newest("calls"), newest("errors")
+            ok = parts[ok_date]["calls"] if ok_date else None
+            err = parts[err_date]["errors"] if err_date else None
+            if ok and err and ok["at"] is not None and err["at"] is not None and err["at"] < ok["at"]:
+                err_date, err = None, None  # an error row older than the good result is stale
+            keep: list[str] = []
+            for date, fs in files.get(stem, {}).items():
+                for f in fs:
+                    is_err = f.startswith("errors/")
+                    if (is_err and date == err_date) or (not is_err and date == ok_date):
+                        keep.append(f)
+                    else:
+                        self.remove([f])
+            ok_files = [f for f in keep if not f.startswith("errors/")]
+            last = err or ok
+            rows.append({"call_id": parts[err_date or ok_date]["call_id"], "status": "error" if err else "ok",
+                         "key": last["key"], "date": ok_date or err_date, "files": keep, "run_id": last["run_id"],
+                         "ok_key": ok["key"] if ok else "", "ok_files": ok_files})
         if not rows:
             return pl.DataFrame(schema=MANIFEST_SCHEMA)
-        return pl.DataFrame(list(rows.values()), schema=MANIFEST_SCHEMA)
+        return pl.DataFrame(rows, schema=MANIFEST_SCHEMA)

@@ -29,8 +29,8 @@ def test_demo_calls_cover_every_layout():
     assert set(by_id["negative_end"].speakers) == {"client"}
     only_client, _ = discover(EXAMPLES, DiscoveryOptions(speakers=("client",), roles={"SPEAKER_01": "client"}))
     assert all(set(c.speakers) == {"client"} for c in only_client) and len(only_client) == 4
-    rows, problem = read_metadata(EXAMPLES)
-    assert problem is None and {r["call_id"] for r in rows} == set(by_id)
+    meta = read_metadata(EXAMPLES)
+    assert set(meta.rows) == set(by_id) and meta.lines["anger_escalation"] >= 2
 
 
 def _wav(path: Path, channels: int = 1, seconds: float = 1.0):

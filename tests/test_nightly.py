@@ -231,6 +231,11 @@ def test_call_ids_cannot_escape_out(plumbing_onnx, tmp_path):
     (root / "calls.csv").write_text("call_id,date\n\"ev il;$(x).\",../../../../tmp/escape\n")
     out = tmp_path / "out"
     r = cli("score", root, "--out", out, "--model", plumbing_onnx)
-    assert r.returncode == 0, r.stderr
+    assert r.returncode == 1, r.stderr  # the date is not a calendar date: that call's error row
+    assert table(out, "errors")["error"].to_list() == ["BadMetadata"]
     written = [p for p in tmp_path.rglob("*.parquet")]
     assert written and all(out in p.parents for p in written)
+    (root / "calls.csv").write_text("call_id,date\n\"ev il;$(x).\",\n")  # no date: scored, still inside OUT
+    r = cli("score", root, "--out", out, "--model", plumbing_onnx)
+    assert r.returncode == 0, r.stderr
+    assert all(out in p.parents for p in tmp_path.rglob("*.parquet"))

@@ -18,6 +18,7 @@ Exit codes (for schedulers):
   2  usage or configuration error (bad flags, unreadable CALLS, OUT not writable, bad model)
   3  OUT is locked by another running cusemo-batch score
   4  no calls found under CALLS (an empty or unmounted folder?); nothing scored
+  5  OUT could not be written (disk full, I/O error): the night stopped; what was written is whole
 Options and the model are checked before OUT is touched: exit 2 leaves OUT as it was.
 A call that fails keeps the rows of its last good result (marked with last_error_at).
 """
@@ -87,11 +88,12 @@ def score(calls_dir: Path, out: Path, model: Path | None, device: str, threads: 
     import logging
 
     from cusemo_batch import changes, oplog
-    from cusemo_batch.calls import DiscoveryOptions
+    from cusemo_batch.calls import DiscoveryOptions, MetadataError
     from cusemo_batch.model import ModelError
     from cusemo_batch.nightly import run_nightly
     from cusemo_batch.scorer import ScoreOptions, Scorer
-    from cusemo_batch.store import LockedError, StoreError
+    from cusemo_batch.store import LockedError, StoreError, StoreWriteError
+    from rich.markup import escape
 
     oplog.configure(log_format, verbose)
     log = logging.getLogger("cusemo_batch.cli")
@@ -145,7 +147,10 @@ def score(calls_dir: Path, out: Path, model: Path | None, device: str, threads: 
     except LockedError as e:
         err_console.print(f"error: {e}")
         sys.exit(3)
-    except StoreError as e:
+    except StoreWriteError as e:
+        err_console.print(f"error: {escape(str(e))}", soft_wrap=True)
+        sys.exit(5)
+    except (StoreError, MetadataError) as e:
         raise UserError(str(e)) from None
     console.print(
         f"{summary.scored} scored, {summary.skipped} skipped, {summary.failed} failed of {summary.calls_found} "
