@@ -23,6 +23,7 @@ def _register() -> None:
     from .experiment import experiment
     from .export import export_cmd, info_cmd
     from .prepare import prepare
+    from .report import report
     from .score import score
     from .train import evaluate, train
 
@@ -34,6 +35,7 @@ def _register() -> None:
     main.add_command(info_cmd)
     main.add_command(prepare)
     main.add_command(experiment)
+    main.add_command(report)
 
 
 _register()
