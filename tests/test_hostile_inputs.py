@@ -270,3 +270,15 @@ def test_full_disk_stops_with_one_line_exit_5_and_recovers(tmp_path, plumbing_on
     a, b = values(big), values(tmp_path / "clean")
     for t in a:
         assert a[t].equals(b[t], null_equal=True), t
+
+
+def test_score_writes_nothing_outside_out(tmp_path, plumbing_onnx):
+    """onnxruntime's device-id files go to a private temp folder, not ~/.cache (the home of the job)."""
+    home, tmp = tmp_path / "home", tmp_path / "tmp"
+    home.mkdir(), tmp.mkdir()
+    env = {k: v for k, v in os.environ.items() if k != "XDG_CACHE_HOME"} | {"HOME": str(home), "TMPDIR": str(tmp)}
+    r = subprocess.run([sys.executable, "-m", "cusemo_batch", "score", str(EXAMPLES), "--out", str(tmp_path / "out"),
+                        "--model", str(plumbing_onnx)], capture_output=True, text=True, env=env, timeout=300)
+    assert r.returncode == 0, r.stderr
+    assert not list(home.rglob("*")), list(home.rglob("*"))
+    assert not list(tmp.iterdir())  # the private cache is removed at exit

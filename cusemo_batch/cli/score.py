@@ -24,6 +24,27 @@ A call that fails keeps the rows of its last good result (marked with last_error
 """
 
 
+def _private_ort_cache() -> None:
+    """Keep onnxruntime's side files out of the user's home.
+
+    onnxruntime writes ``$XDG_CACHE_HOME/Microsoft/DeveloperTools/.onnxruntime/{deviceid,
+    onnxruntime.db}`` (``~/.cache`` by default) whenever it creates its environment, whatever
+    ``disable_telemetry_events()`` says (measured with onnxruntime 1.31). A nightly job should
+    write under OUT and nowhere else, so ``score`` points XDG_CACHE_HOME at a temporary folder that
+    is removed when the process exits (only this process and its children see the variable).
+    """
+    import atexit
+    import os
+    import shutil
+    import tempfile
+
+    if "onnxruntime" in sys.modules:  # too late: its environment already exists
+        return
+    tmp = tempfile.mkdtemp(prefix="cusemo-ort-")
+    os.environ["XDG_CACHE_HOME"] = tmp
+    atexit.register(shutil.rmtree, tmp, True)
+
+
 def _pairs(text: str, flag: str) -> dict[str, str]:
     out = {}
     for item in filter(None, (s.strip() for s in text.split(","))):
@@ -85,6 +106,7 @@ def score(calls_dir: Path, out: Path, model: Path | None, device: str, threads: 
     Writes OUT/{timeseries,calls,events,errors,runs}/date=YYYY-MM-DD/*.parquet. Unchanged calls
     are skipped on re-runs; a bad call becomes one row in OUT/errors and the run goes on.
     """
+    _private_ort_cache()
     import logging
 
     from cusemo_batch import changes, oplog
