@@ -25,13 +25,14 @@ A call that fails keeps the rows of its last good result (marked with last_error
 
 
 def _private_ort_cache() -> None:
-    """Keep onnxruntime's side files out of the user's home.
+    """Keep onnxruntime's side files out of the user's home and the shared temp folder.
 
     onnxruntime writes ``$XDG_CACHE_HOME/Microsoft/DeveloperTools/.onnxruntime/{deviceid,
-    onnxruntime.db}`` (``~/.cache`` by default) whenever it creates its environment, whatever
-    ``disable_telemetry_events()`` says (measured with onnxruntime 1.31). A nightly job should
-    write under OUT and nowhere else, so ``score`` points XDG_CACHE_HOME at a temporary folder that
-    is removed when the process exits (only this process and its children see the variable).
+    onnxruntime.db}`` (``~/.cache`` by default) and ``$TMPDIR/.ses`` whenever it creates its
+    environment, whatever ``disable_telemetry_events()`` says (measured with onnxruntime 1.31). A
+    nightly job should write under OUT and nowhere else, so ``score`` points both variables at a
+    temporary folder that is removed when the process exits (only this process and its children
+    see them; Python's own ``tempfile`` keeps the folder it already chose).
     """
     import atexit
     import os
@@ -41,7 +42,7 @@ def _private_ort_cache() -> None:
     if "onnxruntime" in sys.modules:  # too late: its environment already exists
         return
     tmp = tempfile.mkdtemp(prefix="cusemo-ort-")
-    os.environ["XDG_CACHE_HOME"] = tmp
+    os.environ["XDG_CACHE_HOME"] = os.environ["TMPDIR"] = tmp
     atexit.register(shutil.rmtree, tmp, True)
 
 
