@@ -12,12 +12,17 @@ from pathlib import Path
 import numpy as np
 import soundfile as sf
 
+from .text import first_line
+
 # Input normalisations a model can name in its metadata. "none": the paper's raw waveform (the
 # model then reads the input level; kept so that models exported before the level contract score as
 # they always did). "rms": the whole track to -20 dBFS RMS (pauses count, so the gain depends on how
 # much the speaker is silent). "speech_rms": the level contract of current models -- the track's
 # active-speech RMS to -26 dBFS by one gain (cusemo_batch.level).
 NORMALISATIONS = ("none", "rms", "speech_rms")
+# File suffixes read as audio everywhere (call discovery, corpora, curation, export checks): what
+# libsndfile decodes. One home, so a `.caf` call is never scored by one command and ignored by another.
+AUDIO_SUFFIXES = frozenset({".wav", ".flac", ".ogg", ".mp3", ".aiff", ".aif", ".au", ".caf", ".w64", ".rf64"})
 RMS_TARGET = 0.1  # -20 dBFS, a typical speech level
 
 
@@ -68,7 +73,7 @@ def audio_info(path: str | Path) -> sf._SoundFileInfo:
     try:
         return sf.info(str(path))
     except Exception as e:
-        raise AudioError(f"{path}: not readable as audio ({_first_line(e)})") from None
+        raise AudioError(f"{path}: not readable as audio ({first_line(e)})") from None
 
 
 BLOCK_SECONDS = 60.0  # decode + resample this much at a time: bounded memory on 2 h / 48 kHz calls
@@ -108,7 +113,7 @@ def _decode(path: str | Path, sample_rate: int, pick) -> np.ndarray:
     try:
         f = sf.SoundFile(str(path))
     except Exception as e:
-        raise AudioError(f"{path}: not readable as audio ({_first_line(e)})") from None
+        raise AudioError(f"{path}: not readable as audio ({first_line(e)})") from None
     with f:
         sr, n, ch = f.samplerate, f.frames, f.channels
         if n <= 0:
@@ -146,7 +151,7 @@ def _decode(path: str | Path, sample_rate: int, pick) -> np.ndarray:
         except AudioError:
             raise
         except Exception as e:
-            raise AudioError(f"{path}: decoding failed ({_first_line(e)})") from None
+            raise AudioError(f"{path}: decoding failed ({first_line(e)})") from None
     y = np.concatenate(out) if len(out) > 1 else out[0]
     if y.size == 0:
         raise AudioError(f"{path}: no audio samples after resampling")
@@ -197,8 +202,3 @@ def describe_normalisation(method: str) -> str:
         "none": "none: raw waveform, the model reads the input level (models exported before the level contract)",
         "rms": f"rms: whole track scaled to {20 * np.log10(RMS_TARGET):g} dBFS RMS, pauses included",
     }.get(method, f"{method}: unknown to this version of cusemo-batch")
-
-
-def _first_line(e: BaseException) -> str:
-    s = str(e).strip()
-    return (s.splitlines()[0] if s else type(e).__name__)[:200]

@@ -27,7 +27,9 @@ from pathlib import Path
 
 import soundfile as sf
 
-AUDIO_SUFFIXES = {".wav", ".flac", ".ogg", ".mp3", ".aiff", ".aif", ".au", ".caf", ".w64", ".rf64"}
+from .audio import AUDIO_SUFFIXES
+from .text import first_line
+
 DEFAULT_ROLES = ("client", "agent")
 LAYOUTS = ("auto", "stereo", "per-speaker", "rttm", "mono")
 
@@ -249,13 +251,51 @@ def discover(root: str | Path, opts: DiscoveryOptions = DiscoveryOptions()) -> t
     return calls, errors
 
 
+def calls_from_files(files: list[str | Path], opts: DiscoveryOptions = DiscoveryOptions()
+                     ) -> tuple[list[Call], list[CallError]]:
+    """One call per audio file, in the given order (stereo, mono + a sibling ``CALL.rttm``, or mono).
+
+    The file list form of :func:`discover` (audinterface's ``process_files``): the call id is the
+    file name without its suffix; two files with one id are a ``DuplicateCallId`` error, a missing
+    or non-audio path an error row, like in a folder.
+    """
+    calls: list[Call] = []
+    errors: list[CallError] = []
+    seen: dict[str, Path] = {}
+    for f in map(Path, files):
+        cid = _stem(f)
+        if not f.is_file():
+            errors.append(CallError(cid, str(f), "discover", "MissingFile", "no such file"))
+            continue
+        if f.suffix.lower() not in AUDIO_SUFFIXES:
+            errors.append(CallError(cid, str(f), "discover", "NotAudio",
+                                    f"suffix {f.suffix or '(none)'} is not an audio format ({', '.join(sorted(AUDIO_SUFFIXES))})"))
+            continue
+        if cid in seen:
+            errors.append(CallError(cid, f"{seen[cid]}, {f}", "discover", "DuplicateCallId",
+                                    f"2 files claim call_id {cid!r}: {seen[cid]}, {f}"))
+            continue
+        seen[cid] = f
+        rttm = f.with_suffix(".rttm")
+        call = _single_file_call(cid, f, rttm if rttm.is_file() else None, opts, errors)
+        if call is not None and opts.speakers:
+            call.speakers = {r: s for r, s in call.speakers.items() if r in opts.speakers}
+            if not call.speakers:
+                errors.append(CallError(cid, str(f), "discover", "NoWantedSpeaker",
+                                        f"no speaker of the wanted role(s) {', '.join(opts.speakers)}"))
+                continue
+        if call is not None:
+            calls.append(call)
+    return calls, errors
+
+
 def _single_file_call(cid: str, path: Path, rttm: Path | None, opts: DiscoveryOptions,
                       errors: list[CallError]) -> Call | None:
     try:
         info = sf.info(str(path))
     except Exception as e:  # soundfile raises RuntimeError/LibsndfileError/PermissionError...
         kind = "PermissionError" if isinstance(e, PermissionError) or not os.access(path, os.R_OK) else "UnreadableAudio"
-        msg = "permission denied" if kind == "PermissionError" else f"not readable as audio ({_first_line(e)})"
+        msg = "permission denied" if kind == "PermissionError" else f"not readable as audio ({first_line(e)})"
         errors.append(CallError(cid, str(path), "discover", kind, msg))
         return None
     layout = opts.layout
@@ -395,7 +435,7 @@ def read_metadata(root: str | Path) -> CallMetadata | None:
         try:
             df = pl.read_parquet(pq)
         except Exception as e:
-            raise MetadataError(f"{pq}: cannot read ({_first_line(e)})") from None
+            raise MetadataError(f"{pq}: cannot read ({first_line(e)})") from None
         header = list(df.columns)
         records = [(i + 2, ["" if v is None else str(v) for v in r]) for i, r in enumerate(df.iter_rows())]
         source = pq
@@ -447,8 +487,3 @@ def read_metadata(root: str | Path) -> CallMetadata | None:
             raise MetadataError(f"{name}:{line}: call_id {cid!r} is listed twice (first on line {lines[cid]})")
         rows[cid], lines[cid] = row, line
     return CallMetadata(source, tuple(header), rows, lines)
-
-
-def _first_line(e: BaseException) -> str:
-    s = str(e).strip()
-    return (s.splitlines()[0] if s else type(e).__name__)[:200]

@@ -31,6 +31,7 @@ from typing import Any, Iterable, Iterator
 import numpy as np
 
 from cusemo_batch.files import sha256_file
+from cusemo_batch.text import first_line
 
 log = logging.getLogger(__name__)
 
@@ -59,11 +60,6 @@ def stream_path_for(path: str | Path) -> Path:
     if path.suffix != ".onnx" or path.name.endswith(".stream.onnx"):
         raise ModelError(f"{path}: model file names must end in .onnx (and not .stream.onnx)")
     return path.with_name(path.name[: -len(".onnx")] + ".stream.onnx")
-
-
-def _first_line(e: BaseException) -> str:
-    s = str(e).strip()
-    return (s.splitlines()[0] if s else type(e).__name__)[:200]
 
 
 def _providers_for(device: str) -> list[str]:
@@ -121,13 +117,13 @@ def open_session_noted(path: str | Path, device: str = "cpu", threads: int | Non
             if wanted == [_CPU] or "protobuf" in str(e).lower():
                 raise
             if device == "cuda":
-                raise ModelError(f"{path}: device cuda unavailable ({_first_line(e)})") from None
-            note = f"CUDA unavailable ({_first_line(e)}); running on CPU"
+                raise ModelError(f"{path}: device cuda unavailable ({first_line(e)})") from None
+            note = f"CUDA unavailable ({first_line(e)}); running on CPU"
             session = ort.InferenceSession(str(path), so, providers=[_CPU])
     except ModelError:
         raise
     except Exception as e:
-        raise ModelError(f"{path}: not a loadable ONNX model ({_first_line(e)})") from None
+        raise ModelError(f"{path}: not a loadable ONNX model ({first_line(e)})") from None
     finally:
         if _CUDA in wanted:
             ort.set_default_logger_severity(2)  # onnxruntime's default (warning)
@@ -220,7 +216,7 @@ class Model:
             self.normalisation = str(m["normalisation"])
             self.quantized = str(m["quantized"])
         except (TypeError, ValueError) as e:
-            raise ModelError(f"{self.path}: malformed cusemo model metadata ({_first_line(e)})") from None
+            raise ModelError(f"{self.path}: malformed cusemo model metadata ({first_line(e)})") from None
         if self.pad_left + self.pad_right != self.receptive_field - self.hop:
             raise ModelError(f"{self.path}: inconsistent padding in metadata")
         self.sha256 = sha256_file(self.path)

@@ -150,6 +150,8 @@ TABLES: dict[str, tuple[Column, ...]] = {
         Column("pid", pl.Int64, "", "process id"),
     ),
 }
+# The columns a CallError fills (scorer, curation): the head of the errors table.
+CALL_ERROR_SCHEMA: dict[str, pl.DataType] = {c.name: c.dtype for c in TABLES["errors"][:5]}
 PARTITION = Column("date", pl.Date, "date",
                    "hive partition (`date=YYYY-MM-DD` folder): the call's date from calls.csv, else the run date "
                    "(runs: the run date)")

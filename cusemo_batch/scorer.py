@@ -24,18 +24,21 @@ import hashlib
 import json
 import math
 from concurrent.futures import Future, ThreadPoolExecutor
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
-from typing import Iterable, Iterator
+from typing import Any, Iterable, Iterator
 
 import numpy as np
 import polars as pl
 
 from . import changes, silence
 from .audio import AudioError, load_channels, normalise
-from .calls import Call, CallError, DiscoveryOptions, RTTMError, SpeakerSource, discover, read_metadata, read_rttm
+from .calls import (Call, CallError, DiscoveryOptions, RTTMError, SpeakerSource, calls_from_files, discover,
+                    read_metadata, read_rttm)
 from .files import sha256_file
 from .model import DEFAULT_CHUNK_S, Model, ModelError
+from .schema import CALL_ERROR_SCHEMA
+from .text import first_line
 
 DEFAULT_MODEL = Path(__file__).parent / "models" / "cusemo-default.onnx"
 VAD_FRAME_S = 0.02  # speech/non-speech decision every 20 ms (speech_ratio and silence compression)
@@ -71,6 +74,22 @@ class ScoreOptions:
     # (0.08); 6 s 0.012 (0.19); 12 s 0.021 (0.47); 60 s 0.107 (0.67).
     max_batch: int = 4
     prefetch: int = 8  # calls decoded ahead of inference (overlaps decoding with ORT)
+
+    @classmethod
+    def make(cls, **options: Any) -> "ScoreOptions":
+        """Options from flat keywords: ScoreOptions fields and DiscoveryOptions fields mixed.
+
+        ``ScoreOptions.make(roles={"SPEAKER_00": "agent"}, speakers=("client",), rate_s=1.0)`` --
+        the roles and speakers belong to discovery, the rate to scoring; an unknown name is a
+        TypeError listing the known ones.
+        """
+        own = {f.name for f in fields(cls)} - {"discovery"}
+        disc = {f.name for f in fields(DiscoveryOptions)}
+        unknown = sorted(set(options) - own - disc)
+        if unknown:
+            raise TypeError(f"unknown option(s) {', '.join(unknown)}; known: {', '.join(sorted(own | disc))}")
+        discovery = DiscoveryOptions(**{k: v for k, v in options.items() if k in disc})
+        return cls(discovery=discovery, **{k: v for k, v in options.items() if k in own})
 
     def validate(self) -> None:
         """Raise ValueError (one line) for options no call can be scored with; see DiscoveryOptions.validate."""
@@ -132,7 +151,7 @@ class Result:
     errors: pl.DataFrame
 
 
-ERROR_SCHEMA = {"call_id": pl.Utf8, "file": pl.Utf8, "stage": pl.Utf8, "error": pl.Utf8, "message": pl.Utf8}
+ERROR_SCHEMA = CALL_ERROR_SCHEMA
 
 
 def errors_frame(errors: Iterable[CallError]) -> pl.DataFrame:
@@ -325,13 +344,13 @@ class Scorer:
         try:
             sha = audio_hash(call)
         except OSError as e:
-            return CallError(call.call_id, str(call.files[0]), "read", type(e).__name__, _one_line(e))
+            return CallError(call.call_id, str(call.files[0]), "read", type(e).__name__, first_line(e))
         if skip is not None and skip(call, sha):
             return ("skipped", sha)
         try:
             return self.decode(call, sha)
         except (AudioError, RTTMError, ScoringInputError, ValueError, OSError) as e:
-            return CallError(call.call_id, _file_of(e, call), "decode", type(e).__name__, _one_line(e))
+            return CallError(call.call_id, _file_of(e, call), "decode", type(e).__name__, first_line(e))
         except MemoryError:
             return CallError(call.call_id, str(call.files[0]), "decode", "MemoryError", "out of memory while decoding")
 
@@ -344,7 +363,7 @@ class Scorer:
             try:
                 frames = self.infer(items)
             except Exception as e:  # an inference failure must not lose the batch: retry one by one
-                infer_error = CallError("", "", "infer", type(e).__name__, _one_line(e))
+                infer_error = CallError("", "", "infer", type(e).__name__, first_line(e))
         pos = 0
         results: list[CallOutcome | tuple[DecodedCall, list[dict[str, np.ndarray]]] | None] = []
         for call, res in wave:
@@ -362,7 +381,7 @@ class Scorer:
                     call_frames = self.infer(res.speakers)
                 except Exception as e:
                     results.append(CallOutcome(call, res.audio_sha256, error=CallError(
-                        call.call_id, str(call.files[0]), "infer", type(e).__name__, _one_line(e))))
+                        call.call_id, str(call.files[0]), "infer", type(e).__name__, first_line(e))))
                     continue
             results.append((res, call_frames))
         # The change analysis runs once over the whole wave (polars' per-call overhead dominates
@@ -388,7 +407,7 @@ class Scorer:
                 yield self._analyse([r])[0]
             except Exception as e:
                 yield CallOutcome(d.call, d.audio_sha256, error=CallError(
-                    d.call.call_id, str(d.call.files[0]), "analyse", type(e).__name__, _one_line(e)))
+                    d.call.call_id, str(d.call.files[0]), "analyse", type(e).__name__, first_line(e)))
 
     def _analyse(self, calls: list[tuple[DecodedCall, list[dict[str, np.ndarray]]]]) -> list[CallOutcome]:
         """Timeseries, events and per-speaker summaries for decoded calls and their frames."""
@@ -417,9 +436,31 @@ class Scorer:
         """Score every call under ``path`` in memory (no store, no skipping).
 
         Raises MetadataError when ``calls.csv`` / ``calls.parquet`` exists but cannot be used.
+
+        Examples
+        --------
+        >>> result = Scorer().score_folder("examples/calls")       # doctest: +SKIP
+        >>> result.calls.select("call_id", "speaker", "valence_mean")  # doctest: +SKIP
         """
         meta = read_metadata(path)
         calls, errors = discover(path, self.options.discovery)
+        return self._collect(calls, errors, list(meta.rows.values()) if meta else [])
+
+    def score_files(self, files: Iterable[str | Path]) -> Result:
+        """Score audio files in memory, one call per file (its name without suffix is the call id).
+
+        A stereo file is split by ``options.discovery.channels``, a mono file with a sibling
+        ``CALL.rttm`` by its speakers, any other mono file is one speaker
+        (``options.discovery.speaker_name``). Bad files become rows of ``Result.errors``.
+
+        Examples
+        --------
+        >>> Scorer().score_files(["examples/calls/negative_end.flac"]).timeseries  # doctest: +SKIP
+        """
+        calls, errors = calls_from_files(list(files), self.options.discovery)
+        return self._collect(calls, errors, [])
+
+    def _collect(self, calls: list[Call], errors: list[CallError], meta_rows: list[dict[str, str]]) -> Result:
         ts, summaries, events, errs = [], [], [], list(errors)
         for out in self.iter_outcomes(calls):
             if out.ok:
@@ -429,8 +470,8 @@ class Scorer:
             else:
                 errs.append(out.error)
         calls_df = pl.concat(summaries, how="diagonal_relaxed") if summaries else pl.DataFrame()
-        if meta and calls_df.height:
-            calls_df = join_metadata(calls_df, list(meta.rows.values()))
+        if meta_rows and calls_df.height:
+            calls_df = join_metadata(calls_df, meta_rows)
         return Result(
             pl.concat(ts, how="diagonal_relaxed") if ts else pl.DataFrame(),
             calls_df,
@@ -480,11 +521,6 @@ def _keep_rttm_regions(x: np.ndarray, sr: int, rttm: Path, labels: tuple[str, ..
     if not keep.any():
         raise RTTMError(f"{rttm}: no segment for speaker label(s) {', '.join(labels)}")
     return np.where(keep, x, np.float32(0.0)).astype(np.float32)
-
-
-def _one_line(e: BaseException) -> str:
-    s = str(e).strip()
-    return (s.splitlines()[0] if s else type(e).__name__)[:300]
 
 
 def _file_of(e: BaseException, call: Call) -> str:

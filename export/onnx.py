@@ -45,10 +45,12 @@ import torch
 from torch import nn
 
 from cusemo_batch import __version__
-from cusemo_batch.audio import NORMALISATIONS, AudioError, describe_normalisation, load_audio, normalise
+from cusemo_batch.audio import (AUDIO_SUFFIXES, NORMALISATIONS, AudioError, describe_normalisation, load_audio,
+                                normalise)
 from cusemo_batch.files import atomic_path, sha256_bytes
 from cusemo_batch.model import FORMAT, Model, ModelError, stream_path_for
 from cusemo_batch.training.checkpoint import load_checkpoint
+from cusemo_batch.text import first_line
 from cusemo_batch.training.model import CRNN, ModelConfig
 
 MIN_OPSET = 17
@@ -252,7 +254,7 @@ def _export(model: CRNN, md: dict[str, str], out: Path, out_stream: Path, *, ops
         try:
             _trace(model, raw_whole, raw_stream, opset)
         except Exception as e:  # e.g. an opset this torch cannot emit
-            raise ExportError(f"torch.onnx export failed at opset {opset} ({_first_line(e)})") from None
+            raise ExportError(f"torch.onnx export failed at opset {opset} ({first_line(e)})") from None
         fp32 = _stamp_pair(raw_whole, raw_stream, tmp / "fp32" / out.name, md)
         log(f"exported {name}: opset {opset}, {_node_count(fp32)} / {_node_count(stream_path_for(fp32))} nodes "
             f"(whole / stream)")
@@ -385,7 +387,7 @@ def _stamp(raw: Path, config: ModelConfig, md: dict[str, str]) -> bytes:
         onnx.checker.check_model(proto, full_check=not quantized)
         inferred = onnx.shape_inference.infer_shapes(proto, check_type=True, strict_mode=not quantized)
     except Exception as e:
-        raise ExportError(f"{md['graph']} graph fails the ONNX checker ({_first_line(e)})") from None
+        raise ExportError(f"{md['graph']} graph fails the ONNX checker ({first_line(e)})") from None
     for v in inferred.graph.output:
         if v.name in config.outputs:
             dims = v.type.tensor_type.shape.dim
@@ -401,11 +403,6 @@ def _node_count(path: Path) -> int:
 
 def _read_props(path: Path) -> dict[str, str]:
     return {p.key: p.value for p in _onnx().load(str(path)).metadata_props}
-
-
-def _first_line(e: BaseException) -> str:
-    s = str(e).strip()
-    return (s.splitlines()[0] if s else type(e).__name__)[:200]
 
 
 # -- verification -------------------------------------------------------------------------------
@@ -424,7 +421,7 @@ def _audio_paths(files: Sequence[str | Path]) -> list[Path]:
     for f in files:
         p = Path(f)
         if p.is_dir():
-            paths += sorted(q for q in p.rglob("*") if q.suffix.lower() in (".wav", ".flac", ".ogg", ".mp3"))
+            paths += sorted(q for q in p.rglob("*") if q.suffix.lower() in AUDIO_SUFFIXES)
         else:
             paths.append(p)
     return paths

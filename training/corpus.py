@@ -21,9 +21,9 @@ from pathlib import Path
 
 import numpy as np
 
-from cusemo_batch.audio import AudioError, audio_info
+from cusemo_batch.audio import AUDIO_SUFFIXES, AudioError, audio_info
+from cusemo_batch.text import is_number
 
-AUDIO_SUFFIXES = (".wav", ".flac", ".ogg", ".mp3", ".aiff", ".aif")
 GENDERS = {"F", "M", "U"}
 INTERVAL_COLUMNS = ("empathy", "engagement", "urgency", "satisfaction")
 ENUM_COLUMNS = {
@@ -214,7 +214,7 @@ def read_context(path: Path, call_ids: set[str], problems: list[Problem]) -> tup
                 problems.append(Problem(name, lineno, f"unknown gender {g!r} (expected F, M or U)"))
             for col in INTERVAL_COLUMNS:
                 v = row.get(col, "")
-                if v and not (_is_number(v) and 0 <= float(v) <= 10):
+                if v and not (is_number(v) and 0 <= float(v) <= 10):
                     problems.append(Problem(name, lineno, f"{col} {v!r} is not a number in 0..10"))
             for col, allowed in ENUM_COLUMNS.items():
                 v = row.get(col, "")
@@ -230,7 +230,7 @@ def read_context(path: Path, call_ids: set[str], problems: list[Problem]) -> tup
             values = [r.get(col, "") for r in rows if r.get(col, "")]
             if not values:
                 out[col] = None
-            elif all(_is_number(v) for v in values):
+            elif all(is_number(v) for v in values):
                 out[col] = float(np.mean([float(v) for v in values]))
             else:
                 if col == "gender":
@@ -242,12 +242,6 @@ def read_context(path: Path, call_ids: set[str], problems: list[Problem]) -> tup
         consolidated[cid] = out
     return consolidated, columns
 
-
-def _is_number(s: str) -> bool:
-    try:
-        return math.isfinite(float(s))
-    except ValueError:
-        return False
 
 
 # ---------------------------------------------------------------------------------------- corpus

@@ -59,6 +59,7 @@ from typing import Any, Callable, Iterable
 import numpy as np
 
 from cusemo_batch.files import atomic_path, atomic_write_text
+from cusemo_batch.text import is_number
 
 from .config import CONFIG_DIR, Config, ConfigError, from_dict, load_config
 
@@ -385,7 +386,7 @@ def context_tasks(corpus_dir: str | Path, cfgs: Iterable[Config]) -> dict:
     alpha_cols = sorted({c.data.alpha_target for c in cfgs if c.loss.alpha > 0})
     beta_cols = sorted({c.data.beta_target for c in cfgs if c.loss.beta > 0})
     numeric = [c for c in columns if c not in ("call_id", "annotator")
-               and any(r.get(c) for r in rows) and all(_is_number(r[c]) for r in rows if r.get(c))]
+               and any(r.get(c) for r in rows) and all(is_number(r[c]) for r in rows if r.get(c))]
     for col in alpha_cols:
         if col not in numeric:
             hint = (" (a corpus bootstrapped from categorical speech: use --alpha-target intensity)"
@@ -427,12 +428,6 @@ def context_text(ctx: dict) -> str:
         parts.append(f"β task = binary context column `{b}` (BCE loss; the paper: gender)")
     return "; ".join(parts) + ("." if parts else "")
 
-
-def _is_number(s: str) -> bool:
-    try:
-        return math.isfinite(float(s))
-    except ValueError:
-        return False
 
 
 # -------------------------------------------------------------------------------------------- run

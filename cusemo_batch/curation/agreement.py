@@ -37,6 +37,8 @@ from typing import Iterable, Sequence
 import numpy as np
 import polars as pl
 
+from cusemo_batch.text import is_number
+
 DIMENSIONS = ("valence", "arousal")
 TRACK_STATISTICS = ("icc_3_1", "icc_3_k", "pearson_r", "alpha")
 
@@ -325,7 +327,7 @@ def context_agreement(path: str | Path) -> pl.DataFrame:
             continue
         width = max(len(vs) for vs in multi.values())
         values = [v for vs in multi.values() for v in vs if v]
-        numeric = all(_is_number(v) for v in values)
+        numeric = all(is_number(v) for v in values)
         if numeric:
             mat = np.full((width, len(multi)), np.nan)
             for j, vs in enumerate(multi.values()):
@@ -359,16 +361,10 @@ def context_pairs(path: str | Path) -> dict[str, np.ndarray]:
     out = {}
     for col, by_call in read_context_ratings(path).items():
         pairs = [(vs[0], vs[1]) for vs in by_call.values() if len(vs) >= 2 and vs[0] and vs[1]]
-        if len(pairs) >= 2 and all(_is_number(a) and _is_number(b) for a, b in pairs):
+        if len(pairs) >= 2 and all(is_number(a) and is_number(b) for a, b in pairs):
             out[col] = np.array([[float(a), float(b)] for a, b in pairs])
     return out
 
-
-def _is_number(s: str) -> bool:
-    try:
-        return math.isfinite(float(s))
-    except ValueError:
-        return False
 
 
 # ----------------------------------------------------------------------------------------- plots

@@ -30,11 +30,10 @@ import numpy as np
 import soundfile as sf
 
 from cusemo_batch import silence
-from cusemo_batch.audio import AudioError, load_audio
+from cusemo_batch.audio import AUDIO_SUFFIXES, AudioError, load_audio
 from cusemo_batch.files import atomic_path, atomic_write_text
 
 MAP_FORMATS = ("parquet", "json")
-AUDIO_SUFFIXES = {".wav", ".flac", ".ogg", ".mp3", ".aiff", ".aif", ".au", ".caf", ".w64", ".rf64"}
 
 
 @dataclass(frozen=True)

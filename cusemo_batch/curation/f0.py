@@ -31,6 +31,8 @@ from typing import Callable
 import numpy as np
 import polars as pl
 
+from cusemo_batch.schema import CALL_ERROR_SCHEMA
+
 F0_LLD = "F0semitoneFrom27.5Hz_sma3nz"
 F0_FUNCTIONAL_CV = "F0semitoneFrom27.5Hz_sma3nz_stddevNorm"
 SAMPLE_RATE = 16000
@@ -87,7 +89,7 @@ F0_SCHEMA = {
     "f0_cv": pl.Float64, "f0_mean_st": pl.Float64, "voiced_s": pl.Float64, "duration_s": pl.Float64,
     "layout": pl.Utf8, "path": pl.Utf8, "channel": pl.Int32,
 }
-ERROR_SCHEMA = {"call_id": pl.Utf8, "file": pl.Utf8, "stage": pl.Utf8, "error": pl.Utf8, "message": pl.Utf8}
+ERROR_SCHEMA = CALL_ERROR_SCHEMA  # one error-row layout for scoring and curation
 
 
 def rank_f0(root: str | Path, opts=None, min_voiced_s: float = MIN_VOICED_S,

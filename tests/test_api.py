@@ -1,0 +1,71 @@
+"""The public API at the top of the package, its docstring examples, and every README Python snippet."""
+
+import doctest
+import re
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+import cusemo_batch as cb
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+def test_import_is_light_and_names_resolve():
+    code = ("import sys, cusemo_batch as cb\n"
+            "heavy = [m for m in ('onnxruntime', 'polars', 'numpy', 'torch') if m in sys.modules]\n"
+            "assert not heavy, heavy\n"
+            "assert cb.Scorer.__name__ == 'Scorer' and cb.ScoreOptions and cb.DiscoveryOptions and cb.report.build\n"
+            "assert 'torch' not in sys.modules\n")
+    r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    assert r.returncode == 0, r.stderr
+    with pytest.raises(AttributeError):
+        cb.no_such_name  # noqa: B018
+
+
+def test_options_are_keyword_only_and_flat():
+    with pytest.raises(TypeError):
+        cb.score_folder("examples/calls", None)  # model must be a keyword
+    opts = cb.ScoreOptions.make(roles={"SPEAKER_00": "agent"}, speakers=("client",), rate_s=1.0, min_speech_s=2.0)
+    assert opts.discovery.roles == {"SPEAKER_00": "agent"} and opts.discovery.speakers == ("client",)
+    assert opts.rate_s == 1.0 and opts.min_speech_s == 2.0
+    with pytest.raises(TypeError, match="unknown option"):
+        cb.ScoreOptions.make(rolse={})
+    with pytest.raises(TypeError, match="either"):
+        cb.score_folder("examples/calls", options=opts, rate_s=2.0)
+
+
+def test_docstring_examples(monkeypatch):
+    monkeypatch.chdir(REPO)
+    failures, tried = doctest.testmod(cb, optionflags=doctest.ELLIPSIS)
+    assert tried >= 5 and failures == 0
+
+
+def test_score_files_matches_score_folder_for_the_same_call(tmp_path):
+    single = tmp_path / "calls"
+    single.mkdir()
+    (single / "negative_end.flac").write_bytes((REPO / "examples" / "calls" / "negative_end.flac").read_bytes())
+    a = cb.score_files([single / "negative_end.flac", tmp_path / "missing.wav"], device="cpu")
+    b = cb.score_folder(single, device="cpu")
+    assert a.timeseries.equals(b.timeseries) and a.calls.equals(b.calls)
+    assert a.errors["error"].to_list() == ["MissingFile"]
+
+
+def _readme_snippets() -> list[str]:
+    return re.findall(r"```python\n(.*?)```", (REPO / "README.md").read_text(), flags=re.S)
+
+
+def test_every_readme_python_snippet_runs(tmp_path):
+    """In a fresh folder holding the demo calls and the store the README's first command writes."""
+    (tmp_path / "examples").symlink_to(REPO / "examples")
+    r = subprocess.run([sys.executable, "-m", "cusemo_batch", "score", "examples/calls", "--out", "out/emotion",
+                        "--roles", "SPEAKER_00=agent,SPEAKER_01=client"], cwd=tmp_path, capture_output=True,
+                       text=True, timeout=300)
+    assert r.returncode == 0, r.stderr
+    snippets = _readme_snippets()
+    assert len(snippets) >= 2
+    for i, code in enumerate(snippets):
+        r = subprocess.run([sys.executable, "-c", code], cwd=tmp_path, capture_output=True, text=True, timeout=300)
+        assert r.returncode == 0, f"README snippet {i}:\n{code}\n{r.stderr[-2000:]}"
