@@ -358,13 +358,10 @@ def score_events(ref: dict[str, list[dict]], det: dict[str, list[dict]], tol_s: 
 # --------------------------------------------------------------------------------------------------
 
 def data_hash(calls) -> str:
-    """sha256 over every call's audio and annotation bytes -- the recipe of
-    ``cusemo_batch.training.data.data_hash`` (kept here so the benchmark does not import torch), so
-    it equals the ``data_sha256`` a training run records in its ``config.json``."""
-    h = hashlib.sha256()
-    for c in sorted(calls, key=lambda c: c.call_id):
-        h.update(c.call_id.encode())
-        h.update(sha256_file(c.audio_path).encode())
-        for t in sorted(c.tracks, key=lambda t: t.annotator):
-            h.update(sha256_file(t.path).encode())
-    return h.hexdigest()
+    """sha256 over every call's audio and annotation bytes: the ``data_sha256`` a training run records
+    in its ``config.json`` (the training package's own function; it does not import torch)."""
+    from types import SimpleNamespace
+
+    from cusemo_batch.training.data import data_hash as training_data_hash
+
+    return training_data_hash(SimpleNamespace(calls=list(calls)))

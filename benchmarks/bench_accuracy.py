@@ -120,11 +120,11 @@ def load_split(args, corpus) -> tuple[dict[str, str], dict]:
     if args.run is not None:
         split = json.loads((args.run / "split.json").read_text())
         return split, {"source": str((args.run / "split.json").resolve())}
-    from cusemo_batch.training.config import Config  # imports torch (training's config module)
-    from cusemo_batch.training.data import _group_column, split_groups
+    from cusemo_batch.training.config import Config  # torch-free (training/model_config.py)
+    from cusemo_batch.training.data import group_column, split_groups
 
     d = Config().data
-    col = _group_column(corpus, d.group_by)
+    col = group_column(corpus, d.group_by)
     groups = [str(c.context.get(col) or c.call_id) if col else c.call_id for c in corpus.calls]
     names = split_groups(groups, d.split, args.split_seed)
     return ({c.call_id: n for c, n in zip(corpus.calls, names)},

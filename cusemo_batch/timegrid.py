@@ -9,7 +9,14 @@ Alignment between the model's 32 frames/s and labels (the paper leaves it open):
 **averaged over each label bin, weighted by overlap** (the exact integral of the piecewise-constant
 frame signal). The loss and the metrics are computed at the label rate, like the annotation, so a
 coarser label rate asks the model for smoother trajectories -- consistent with the paper's finding
-that 500 ms labels give the best CCC. The same pooling turns frames into the scorer's ``--rate``.
+that 500 ms labels give the best CCC.
+
+The scorer's ``--rate`` windows are in *original* call time, after undoing silence compression: a
+frame next to a cut covers audio from both sides of it, so an overlap is not defined there, and the
+scorer assigns each frame to the window that holds its centre (``Scorer.timeseries``). Away from
+cuts the two poolings are identical whenever the window is a whole number of frames (500 ms = 16
+frames of 31.25 ms: every frame lies inside one window); they differ only for the frames at a cut
+and for window lengths that split frames.
 """
 
 from __future__ import annotations

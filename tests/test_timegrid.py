@@ -31,3 +31,24 @@ def test_pooling_fractional_overlap_40ms():
     np.testing.assert_allclose(m.sum(axis=1).A1, 1.0)
     assert (m @ frames)[0] == pytest.approx((31.25 * 1 + 8.75 * 2) / 40)
     np.testing.assert_allclose(bin_coverage(4, 1 / 32, 0.04, m.shape[0]), [1.0, 1.0, 1.0, 0.125])
+
+
+def test_centre_and_overlap_pooling_agree_when_windows_hold_whole_frames():
+    """timegrid's note: 500 ms windows of 31.25 ms frames -- the scorer's centre assignment and the
+    training's overlap weights give the same window means (away from silence cuts)."""
+    import numpy as np
+
+    from cusemo_batch.timegrid import pooling_matrix
+
+    rng = np.random.default_rng(0)
+    frames = rng.normal(size=320)  # 10 s at 32 frames/s
+    frame_s, bin_s = 1 / 32, 0.5
+    overlap = pooling_matrix(len(frames), frame_s, bin_s) @ frames
+    win = ((np.arange(len(frames)) + 0.5) * frame_s / bin_s).astype(int)
+    centre = np.bincount(win, weights=frames) / np.bincount(win)
+    np.testing.assert_allclose(overlap, centre, atol=1e-12)
+    # a window that splits frames (0.3 s = 9.6 frames): the two differ
+    overlap3 = pooling_matrix(len(frames), frame_s, 0.3) @ frames
+    win3 = ((np.arange(len(frames)) + 0.5) * frame_s / 0.3).astype(int)
+    centre3 = np.bincount(win3, weights=frames) / np.bincount(win3)
+    assert np.abs(overlap3[: len(centre3)] - centre3).max() > 1e-3

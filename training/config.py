@@ -22,7 +22,7 @@ from typing import Any
 from cusemo_batch.audio import NORMALISATIONS
 
 from .augment import AugmentConfig
-from .model import ModelConfig
+from .model_config import ModelConfig
 
 PAPER_SEEDS = (42, 24, 12, 10, 100, 125)
 CONFIG_DIR = Path(__file__).parent / "configs"

@@ -45,7 +45,7 @@ class Segment:
 def load_calls(corpus: Corpus, cfg: Config) -> list[CallData]:
     """Decode every call once (calls are minutes long; the corpus fits in memory)."""
     d = cfg.data
-    group_col = _group_column(corpus, d.group_by)
+    group_col = group_column(corpus, d.group_by)
     out = []
     for c in corpus.calls:
         gold = gold_at_rate(gold_standard(c, d.gold, d.gold_annotator or None), d.label_rate_ms)
@@ -58,7 +58,7 @@ def load_calls(corpus: Corpus, cfg: Config) -> list[CallData]:
     return out
 
 
-def _group_column(corpus: Corpus, group_by: str) -> str | None:
+def group_column(corpus: Corpus, group_by: str) -> str | None:
     if group_by == "auto":
         return "speaker" if "speaker" in corpus.context_columns else None
     if group_by in ("", "call", "call_id"):

@@ -92,7 +92,7 @@ def _section_fields() -> dict[str, set[str]]:
     from dataclasses import fields as dc_fields
 
     from .config import DataConfig, LossConfig, TrainConfig
-    from .model import ModelConfig
+    from .model_config import ModelConfig
 
     return {s: {f.name for f in dc_fields(c)} for s, c in
             zip(SECTIONS, (ModelConfig, DataConfig, TrainConfig, LossConfig))}

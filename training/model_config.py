@@ -1,0 +1,90 @@
+"""The CRNN's sizes and options (``[model]`` in a training TOML): torch-free.
+
+Kept apart from :mod:`.model` so that reading or validating a training config, a checkpoint's
+metadata or an experiment grid never imports torch (a scoring machine, a benchmark summarising
+results); the network itself is built from it in :mod:`.model`.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import asdict, dataclass
+
+CONV_NORMS = ("none", "batch")
+LSTM_INITS = ("default", "orthogonal")
+
+
+@dataclass(frozen=True)
+class ModelConfig:
+    """Sizes of the CRNN; defaults are the paper's."""
+
+    sample_rate: int = 8000
+    conv_channels: tuple[int, ...] = (50, 125, 125)
+    conv_kernels: tuple[int, ...] = (8, 6, 6)
+    pool_sizes: tuple[int, ...] = (10, 5, 5)
+    lstm_hidden: int = 256
+    lstm_layers: int = 2
+    lstm_dropout: float = 0.5
+    mlp_sizes: tuple[int, ...] = (512, 256)
+    mlp_dropout: float = 0.0
+    # Output heads, in this order: always valence and arousal; optional interval context task
+    # (the paper's empathy, "alpha" task) and binary context task (gender, "beta" task).
+    outputs: tuple[str, ...] = ("valence", "arousal")
+    # Normalisation inside each conv block, between the convolution and its ReLU: "none" (the
+    # paper) or "batch" (batch norm, as End2You's Emo18). Batch norm is what stopped the epoch-3
+    # unlearning of the default recipe (MODEL_CARD.md); in eval mode it is an affine map per channel,
+    # which the ONNX export folds into the convolution, so exported graphs keep the paper's shape.
+    conv_norm: str = "none"
+    # LSTM initialisation: "default" (torch's uniform) or "orthogonal" (orthogonal recurrent
+    # weights, Xavier input weights, forget-gate bias 1: the usual remedy for a saturating LSTM).
+    lstm_init: str = "default"
+
+    def __post_init__(self) -> None:
+        n = len(self.conv_channels)
+        if not (len(self.conv_kernels) == n == len(self.pool_sizes)):
+            raise ValueError("conv_channels, conv_kernels and pool_sizes must have the same length")
+        if self.conv_norm not in CONV_NORMS:
+            raise ValueError(f"conv_norm must be one of {', '.join(CONV_NORMS)}, not {self.conv_norm!r}")
+        if self.lstm_init not in LSTM_INITS:
+            raise ValueError(f"lstm_init must be one of {', '.join(LSTM_INITS)}, not {self.lstm_init!r}")
+        if self.outputs[:2] != ("valence", "arousal"):
+            raise ValueError("the first two outputs must be valence and arousal")
+
+    @property
+    def hop(self) -> int:
+        """Input samples per output frame (product of the pool sizes: 250 -> 32 frames/s)."""
+        return math.prod(self.pool_sizes)
+
+    @property
+    def frame_rate(self) -> float:
+        return self.sample_rate / self.hop
+
+    @property
+    def receptive_field(self) -> int:
+        """Input samples that one output frame sees (557 for the paper's sizes)."""
+        r = 1
+        for k, p in zip(reversed(self.conv_kernels), reversed(self.pool_sizes)):
+            r = r * p + k - 1
+        return r
+
+    @property
+    def pad_left(self) -> int:
+        return (self.receptive_field - self.hop + 1) // 2
+
+    @property
+    def pad_right(self) -> int:
+        return self.receptive_field - self.hop - self.pad_left
+
+    def n_frames(self, n_samples: int) -> int:
+        return n_samples // self.hop
+
+    def to_dict(self) -> dict:
+        return {k: list(v) if isinstance(v, tuple) else v for k, v in asdict(self).items()}
+
+    @classmethod
+    def from_dict(cls, d: dict) -> "ModelConfig":
+        known = {f for f in cls.__dataclass_fields__}
+        unknown = set(d) - known
+        if unknown:
+            raise ValueError(f"unknown model config keys: {sorted(unknown)}")
+        return cls(**{k: tuple(v) if isinstance(v, list) else v for k, v in d.items()})
