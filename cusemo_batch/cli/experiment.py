@@ -85,7 +85,8 @@ def run_cmd(grids: tuple[str, ...], corpus: Path, out: Path, seeds: str | None, 
     resumes at its first unfinished seed. Then: cusemo-batch experiment report OUT.
     """
     require_torch()
-    from cusemo_batch.training.experiments import context_tasks, load_grid, run_grid
+    from cusemo_batch.training.experiments import run_grid
+    from cusemo_batch.training.grids import context_tasks, load_grid
 
     @user_errors(*_training_errors())
     def run():
@@ -129,7 +130,7 @@ def run_cmd(grids: tuple[str, ...], corpus: Path, out: Path, seeds: str | None, 
 def report_cmd(run_dir: Path, dest: Path | None, pairing: str, no_plots: bool) -> None:
     """Tables of an experiment directory: test CCC mean (sd) over seeds, best per column, Wilcoxon p
     against the baseline row; Markdown + JSON + one PNG per grid."""
-    from cusemo_batch.training.experiments import make_report, pairing_text
+    from cusemo_batch.training.grid_report import make_report, pairing_text
 
     @user_errors(ValueError, FileNotFoundError, KeyError)
     def run():
@@ -150,7 +151,8 @@ def report_cmd(run_dir: Path, dest: Path | None, pairing: str, no_plots: bool) -
 def _print_grid(g: dict) -> None:
     from rich.table import Table
 
-    from cusemo_batch.training.experiments import _pval, fmt_value
+    from cusemo_batch.training.grid_report import format_p
+    from cusemo_batch.training.grids import fmt_value
 
     keys = [k for a in g["axes"] for k in a["keys"]]
     quick = " (quick profile)" if (g["settings"] or {}).get("quick") else ""
@@ -169,7 +171,7 @@ def _print_grid(g: dict) -> None:
             cells.append("-" if not s else f"{s['mean']:.3f} ({s['sd']:.3f})" + (" *" if r["best"][dim] else ""))
         for dim in ("valence", "arousal"):
             w = r["wilcoxon"][dim]
-            cells.append("baseline" if w is None else ("n/a" if w["p"] is None else _pval(w["p"])))
+            cells.append("baseline" if w is None else ("n/a" if w["p"] is None else format_p(w["p"])))
         cells.append(f"{r['n_seeds']}/{len(g['seeds'])}")
         if has_ref:
             p = r["paper"] or {}
@@ -211,7 +213,8 @@ def tune_cmd(corpus: Path, params, trials: int, seed: int, train_seeds, objectiv
     from cusemo_batch.training.config import load_config
     from rich.markup import escape
 
-    from cusemo_batch.training.experiments import QUICK_PROFILE, nest, tune
+    from cusemo_batch.training.grids import QUICK_PROFILE, nest
+    from cusemo_batch.training.tuning import tune
 
     @user_errors(*_training_errors())
     def run():
