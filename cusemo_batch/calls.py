@@ -18,8 +18,6 @@ turns it into one row of the ``errors`` table) and the other calls go on.
 
 from __future__ import annotations
 
-import csv
-import math
 import os
 import stat
 from dataclasses import dataclass, field
@@ -28,6 +26,8 @@ from pathlib import Path
 import soundfile as sf
 
 from .audio import AUDIO_SUFFIXES
+from .metadata import CallMetadata, MetadataError, read_metadata  # noqa: F401 (re-exported)
+from .rttm import RTTMError, RTTMSegment, read_rttm  # noqa: F401 (RTTMSegment re-exported)
 from .text import first_line
 
 DEFAULT_ROLES = ("client", "agent")
@@ -341,149 +341,3 @@ def _single_file_call(cid: str, path: Path, rttm: Path | None, opts: DiscoveryOp
         return Call(cid, "rttm", (path, rttm), {r: SpeakerSource(r, path, rttm=rttm, rttm_labels=tuple(ls))
                                                  for r, ls in sorted(by_role.items())}, tuple(unmapped))
     return Call(cid, "mono", (path,), {opts.speaker_name: SpeakerSource(opts.speaker_name, path)})
-
-
-# ------------------------------------------------------------------------------------------ RTTM
-class RTTMError(ValueError):
-    """An RTTM file that cannot be used (one line: file, line, reason)."""
-
-
-@dataclass(frozen=True)
-class RTTMSegment:
-    onset_s: float
-    duration_s: float
-    label: str
-
-    @property
-    def end_s(self) -> float:
-        return self.onset_s + self.duration_s
-
-
-def read_rttm(path: str | Path) -> list[RTTMSegment]:
-    """Parse ``SPEAKER <file> 1 <onset> <dur> <NA> <NA> <speaker> <NA> <NA>`` lines (others ignored)."""
-    segs = []
-    try:
-        text = Path(path).read_text(encoding="utf-8")
-    except (OSError, UnicodeDecodeError) as e:
-        raise RTTMError(f"{path}: cannot read ({e.__class__.__name__})") from None
-    for lineno, line in enumerate(text.splitlines(), start=1):
-        parts = line.split()
-        if not parts or parts[0].startswith("#") or parts[0] != "SPEAKER":
-            if parts and not parts[0].startswith("#") and parts[0] not in ("SPKR-INFO", "LEXEME", "NON-SPEECH", "NON-LEX", "SPEAKER"):
-                raise RTTMError(f"{path}:{lineno}: not an RTTM line: {line.strip()[:80]!r}")
-            continue
-        if len(parts) < 8:
-            raise RTTMError(f"{path}:{lineno}: SPEAKER line needs 8+ fields, got {len(parts)}")
-        if len(parts) > 10:  # "Agent Smith" would otherwise become the label "Agent"
-            raise RTTMError(f"{path}:{lineno}: SPEAKER line has {len(parts)} fields, RTTM has 10 "
-                            f"(a speaker name with spaces? {' '.join(parts[7:-2])!r})")
-        try:
-            onset, dur = float(parts[3]), float(parts[4])
-        except ValueError:
-            raise RTTMError(f"{path}:{lineno}: onset/duration not numbers: {parts[3]!r} {parts[4]!r}") from None
-        if not (math.isfinite(onset) and math.isfinite(dur)):
-            raise RTTMError(f"{path}:{lineno}: onset/duration not finite: {parts[3]!r} {parts[4]!r}")
-        if onset < 0 or dur < 0:
-            raise RTTMError(f"{path}:{lineno}: negative onset or duration")
-        segs.append(RTTMSegment(onset, dur, parts[7]))
-    if not segs:
-        raise RTTMError(f"{path}: no SPEAKER lines")
-    return segs
-
-
-class MetadataError(ValueError):
-    """``calls.csv`` / ``calls.parquet`` cannot be used as a whole (one line, with file and line)."""
-
-
-@dataclass
-class CallMetadata:
-    """Rows of ``calls.csv`` / ``calls.parquet`` by call id, with where each came from."""
-
-    source: Path
-    columns: tuple[str, ...]
-    rows: dict[str, dict[str, str]]
-    lines: dict[str, int]  # call id -> line in the CSV (row number + 1 in a Parquet file)
-
-    def date_problem(self, call_id: str) -> str | None:
-        """A message when the call's ``date`` is given but not a calendar date (YYYY-MM-DD)."""
-        from .store import valid_date
-
-        value = (self.rows.get(call_id) or {}).get("date", "")
-        if not value or not value.strip() or valid_date(value):
-            return None
-        return (f"{self.source.name}:{self.lines[call_id]}: date {value!r} is not a calendar date "
-                f"(YYYY-MM-DD)")
-
-
-# Columns calls.csv may not use: `call_date` is the name `date` gets in the calls table.
-RESERVED_METADATA = ("call_date",)
-
-
-def read_metadata(root: str | Path) -> CallMetadata | None:
-    """Optional ``calls.csv`` / ``calls.parquet`` at the folder root: rows with a ``call_id`` column.
-
-    None when there is neither. A file that cannot be used as a whole raises MetadataError with
-    file and line -- before the nightly job touches OUT: silently scoring without metadata would
-    move calls to other partitions and drop their columns. CSV text may be UTF-8 (with or without
-    a BOM) or UTF-16 with a BOM (what spreadsheet programs write as "Unicode text").
-    """
-    root = Path(root)
-    pq, cs = root / "calls.parquet", root / "calls.csv"
-    if pq.is_file():
-        import polars as pl
-
-        try:
-            df = pl.read_parquet(pq)
-        except Exception as e:
-            raise MetadataError(f"{pq}: cannot read ({first_line(e)})") from None
-        header = list(df.columns)
-        records = [(i + 2, ["" if v is None else str(v) for v in r]) for i, r in enumerate(df.iter_rows())]
-        source = pq
-    elif cs.is_file():
-        try:
-            raw = cs.read_bytes()
-        except OSError as e:
-            raise MetadataError(f"{cs}: cannot read ({e.strerror or e})") from None
-        if raw.startswith((b"\xff\xfe", b"\xfe\xff")):
-            encoding = "utf-16"
-        else:
-            encoding = "utf-8-sig"
-        try:
-            text = raw.decode(encoding)
-        except UnicodeDecodeError as e:
-            raise MetadataError(f"{cs}: not UTF-8 or UTF-16 text (byte {e.start}: {e.reason})") from None
-        try:
-            table = list(csv.reader(text.splitlines()))
-        except csv.Error as e:
-            raise MetadataError(f"{cs}: not CSV ({e})") from None
-        if not table:
-            return None
-        header = [h.strip() for h in table[0]]
-        records = [(i + 2, r) for i, r in enumerate(table[1:]) if any(x.strip() for x in r)]
-        source = cs
-    else:
-        return None
-    name = source.name
-    if "call_id" not in header:
-        raise MetadataError(f"{source}:1: no call_id column (columns: {', '.join(header)[:200]})")
-    dupes = sorted({h for h in header if header.count(h) > 1})
-    if dupes or any(not h for h in header):
-        raise MetadataError(f"{source}:1: column names must be non-empty and distinct "
-                            f"({', '.join(map(repr, dupes)) or 'an empty name'})")
-    reserved = [h for h in header if h in RESERVED_METADATA]
-    if reserved:
-        raise MetadataError(f"{source}:1: column {reserved[0]!r} is reserved (the calls table names the "
-                            f"`date` column so); rename it")
-    rows: dict[str, dict[str, str]] = {}
-    lines: dict[str, int] = {}
-    for line, values in records:
-        if len(values) != len(header):
-            raise MetadataError(f"{name}:{line}: {len(values)} fields, the header has {len(header)}")
-        row = dict(zip(header, (v.strip() for v in values)))
-        cid = row["call_id"]
-        if not cid:
-            raise MetadataError(f"{name}:{line}: empty call_id")
-        if cid in rows:
-            raise MetadataError(f"{name}:{line}: call_id {cid!r} is listed twice (first on line {lines[cid]})")
-        rows[cid], lines[cid] = row, line
-    return CallMetadata(source, tuple(header), rows, lines)
