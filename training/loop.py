@@ -243,6 +243,83 @@ def _batches(segments: list, batch_size: int, rng: np.random.Generator, by_lengt
     return [batches[i] for i in rng.permutation(len(batches))]
 
 
+class _SeedModel:
+    """The network, its optimiser, the weight average and the learning-rate state of one seed.
+
+    One owner for what a collapse restart replaces together (model, optimiser, EMA, step count).
+    """
+
+    def __init__(self, cfg: Config, model: CRNN | None = None, lr: float | None = None) -> None:
+        self.cfg = cfg
+        self.model = model if model is not None else CRNN(cfg.model)
+        self.lr = cfg.train.lr if lr is None else lr
+        self.opt = _optimizer(self.model, self.lr, cfg.train.lstm_lr_factor)
+        self.ema = _ema(self.model, cfg.train.ema_decay)
+        self.step = 0
+
+    @property
+    def kept(self) -> CRNN:
+        """What dev evaluation sees and the checkpoint stores: the weight average when there is one."""
+        return self.model if self.ema is None else self.ema.module
+
+    def train_step(self, loss: torch.Tensor) -> None:
+        """Backward, clip, warm-up/plateau rate for every group, Adam step, EMA update."""
+        t = self.cfg.train
+        self.opt.zero_grad()
+        loss.backward()
+        if t.grad_clip:
+            torch.nn.utils.clip_grad_norm_(self.model.parameters(), t.grad_clip)
+        self.step += 1
+        warm = min(1.0, self.step / t.warmup_steps) if t.warmup_steps else 1.0
+        for group in self.opt.param_groups:
+            group["lr"] = group["lr_factor"] * self.lr * warm
+        self.opt.step()
+        if self.ema is not None:
+            self.ema.update_parameters(self.model)
+
+
+@dataclass
+class _Schedule:
+    """Best-dev tracking, early stopping, ReduceLROnPlateau and collapse restarts of one seed."""
+
+    best: float = -math.inf
+    best_epoch: int = 0
+    stale: int = 0
+    plateau: int = 0
+    restarts: int = 0
+
+    def improved(self, score: float, epoch: int) -> None:
+        self.best, self.best_epoch, self.stale, self.plateau = score, epoch, 0, 0
+
+    def stalled(self, train_cfg) -> tuple[bool, bool]:
+        """One more epoch without a new best: (lower the rate now?, stop now?)."""
+        self.stale += 1
+        self.plateau += 1
+        lower = bool(train_cfg.plateau_factor) and self.plateau >= train_cfg.plateau_patience
+        if lower:
+            self.plateau = 0
+        return lower, bool(train_cfg.patience) and self.stale >= train_cfg.patience
+
+
+def _train_epoch(sm: _SeedModel, prep: Prepared, segments: list, train_idx: list[int], pool: Pooler,
+                 rng: np.random.Generator, aug_rng: np.random.Generator, progress: Callable[[int], None]) -> list[float]:
+    """One pass over the training segments (batch order, augmentation and cuts drawn from the seed's rngs)."""
+    cfg = prep.cfg
+    sm.model.train()
+    batches = _batches(segments, cfg.train.batch_size, rng, by_length=cfg.model.conv_norm == "batch")
+    line_audio = augment_calls(prep.calls, train_idx, cfg, aug_rng)
+    if cfg.train.max_batches_per_epoch:
+        batches = batches[: cfg.train.max_batches_per_epoch]
+    losses = []
+    for b in batches:
+        batch = batch_arrays([segments[i] for i in b], prep.calls, cfg, rng, line_audio)
+        loss, _ = batch_loss(sm.model, pool, batch, cfg)
+        sm.train_step(loss)
+        losses.append(float(loss.detach()))
+        progress(1)
+    return losses
+
+
 def train_seed(prep: Prepared, seed: int, out_dir: Path, log: Log = print,
                progress: Callable[[int], None] = lambda n=1: None, threads: int | None = None) -> dict:
     """Train one seed; keep the best-dev checkpoint; evaluate it on test. Returns result.json.
@@ -259,97 +336,84 @@ def train_seed(prep: Prepared, seed: int, out_dir: Path, log: Log = print,
     aug_rng = np.random.default_rng([seed, 1])
     if threads or cfg.train.threads:
         torch.set_num_threads(threads or cfg.train.threads)
-    model = CRNN(cfg.model)
-    lr = cfg.train.lr
-    opt = _optimizer(model, lr, cfg.train.lstm_lr_factor)
-    step = 0
+    sm = _SeedModel(cfg)
     pool = Pooler(1 / cfg.model.frame_rate, cfg.data.label_rate_ms / 1000)
     train_idx, dev_idx, test_idx = prep.indices("train"), prep.indices("dev"), prep.indices("test")
     if not train_idx:
         raise ValueError("the training split is empty (too few calls or speakers for the split fractions)")
     segments = make_segments(prep.calls, train_idx, cfg)
     dev_calls = [prep.calls[i] for i in dev_idx] or [prep.calls[i] for i in train_idx]
-    meta = {
+    meta = _checkpoint_meta(prep, seed)
+    sched = _Schedule()
+    lines: list[str] = []
+    for epoch in range(1, cfg.train.epochs + 1):
+        t0 = time.perf_counter()
+        if cfg.data.segment_jitter:
+            segments = make_segments(prep.calls, train_idx, cfg, rng)
+        losses = _train_epoch(sm, prep, segments, train_idx, pool, rng, aug_rng, progress)
+        dev = evaluate_calls(sm.kept, dev_calls, cfg)
+        record = {"epoch": epoch, "train_loss": float(np.mean(losses)), "dev": dev, "lr": sm.lr,
+                  "seconds": round(time.perf_counter() - t0, 2)}
+        lines.append(json.dumps(record))
+        atomic_write_text(out_dir / "metrics.jsonl", "\n".join(lines) + "\n")
+        log(f"seed {seed} epoch {epoch}/{cfg.train.epochs}: loss {record['train_loss']:.4f}  "
+            f"dev CCC valence {dev['valence']:.3f} arousal {dev['arousal']:.3f}  ({record['seconds']:.0f} s)")
+        score, dead = _select(dev, cfg.train.select_on), collapsed(dev)
+        if score > sched.best and not dead:
+            sched.improved(score, epoch)
+            save_checkpoint(out_dir / "best.pt", sm.kept, {**meta, "epoch": epoch, "dev_ccc": _dims(dev)})
+        elif dead and sched.restarts < cfg.train.collapse_restarts:
+            sched.restarts += 1
+            sm = _restart(sm, sched, out_dir)
+            sched.stale = 0
+            log(f"seed {seed} epoch {epoch}: dev predictions collapsed (constant, diverged or uncorrelated); restart "
+                f"{sched.restarts}/{cfg.train.collapse_restarts} from epoch {sched.best_epoch or 'init'} with lr {sm.lr:g}")
+        else:
+            lower, stop = sched.stalled(cfg.train)
+            if lower:
+                sm.lr *= cfg.train.plateau_factor  # the step loop sets every group's rate from lr
+                log(f"seed {seed} epoch {epoch}: no dev improvement for {cfg.train.plateau_patience} epochs; lr {sm.lr:g}")
+            if stop:
+                log(f"seed {seed}: early stop after {epoch} epochs (best epoch {sched.best_epoch})")
+                break
+    if not sched.best_epoch:  # every epoch collapsed: keep the last model so that the run still reports
+        save_checkpoint(out_dir / "best.pt", sm.kept, {**meta, "epoch": len(lines), "dev_ccc": {}})
+    return _final_result(prep, seed, out_dir, dev_calls, test_idx, sched, len(lines))
+
+
+def _restart(sm: _SeedModel, sched: _Schedule, out_dir: Path) -> _SeedModel:
+    """After a collapse: the best checkpoint so far (or fresh weights), a lower rate, a new optimiser."""
+    cfg = sm.cfg
+    lr = sm.lr * cfg.train.collapse_lr_factor
+    if sched.best_epoch:
+        model = sm.model
+        model.load_state_dict(load_checkpoint(out_dir / "best.pt")[0].state_dict())
+    else:
+        model = CRNN(cfg.model)  # collapsed before any usable epoch: fresh weights
+    return _SeedModel(cfg, model, lr)
+
+
+def _checkpoint_meta(prep: Prepared, seed: int) -> dict:
+    cfg = prep.cfg
+    return {
         "name": cfg.name, "seed": seed, "sample_rate": cfg.model.sample_rate,
         "label_rate_ms": cfg.data.label_rate_ms, "normalisation": cfg.data.normalisation,
         "heads": list(cfg.model.outputs), "config": cfg.to_dict(),
         "train_data": {"description": _describe(prep), "sha256": prep.data_sha256},
     }
-    ema = _ema(model, cfg.train.ema_decay)
-    best, best_epoch, stale, restarts, plateau = -math.inf, 0, 0, 0, 0
-    metrics_path = out_dir / "metrics.jsonl"
-    lines: list[str] = []
-    for epoch in range(1, cfg.train.epochs + 1):
-        t0 = time.perf_counter()
-        model.train()
-        if cfg.data.segment_jitter:
-            segments = make_segments(prep.calls, train_idx, cfg, rng)
-        bs = cfg.train.batch_size
-        batches = _batches(segments, bs, rng, by_length=cfg.model.conv_norm == "batch")
-        line_audio = augment_calls(prep.calls, train_idx, cfg, aug_rng)
-        if cfg.train.max_batches_per_epoch:
-            batches = batches[: cfg.train.max_batches_per_epoch]
-        losses = []
-        for b in batches:
-            batch = batch_arrays([segments[i] for i in b], prep.calls, cfg, rng, line_audio)
-            loss, _ = batch_loss(model, pool, batch, cfg)
-            opt.zero_grad()
-            loss.backward()
-            if cfg.train.grad_clip:
-                torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.train.grad_clip)
-            step += 1
-            for group in opt.param_groups:
-                warm = min(1.0, step / cfg.train.warmup_steps) if cfg.train.warmup_steps else 1.0
-                group["lr"] = group["lr_factor"] * lr * warm
-            opt.step()
-            if ema is not None:
-                ema.update_parameters(model)
-            losses.append(float(loss.detach()))
-            progress(1)
-        kept = model if ema is None else ema.module  # what dev sees is what the checkpoint holds
-        dev = evaluate_calls(kept, dev_calls, cfg)
-        score = _select(dev, cfg.train.select_on)
-        record = {"epoch": epoch, "train_loss": float(np.mean(losses)), "dev": dev, "lr": lr,
-                  "seconds": round(time.perf_counter() - t0, 2)}
-        lines.append(json.dumps(record))
-        atomic_write_text(metrics_path, "\n".join(lines) + "\n")
-        log(f"seed {seed} epoch {epoch}/{cfg.train.epochs}: loss {record['train_loss']:.4f}  "
-            f"dev CCC valence {dev['valence']:.3f} arousal {dev['arousal']:.3f}  ({record['seconds']:.0f} s)")
-        dead = collapsed(dev)
-        if score > best and not dead:
-            best, best_epoch, stale, plateau = score, epoch, 0, 0
-            save_checkpoint(out_dir / "best.pt", kept, {**meta, "epoch": epoch, "dev_ccc": _dims(dev)})
-        elif dead and restarts < cfg.train.collapse_restarts:
-            restarts += 1
-            lr *= cfg.train.collapse_lr_factor
-            if best_epoch:
-                model.load_state_dict(load_checkpoint(out_dir / "best.pt")[0].state_dict())
-            else:
-                model = CRNN(cfg.model)  # collapsed before any usable epoch: fresh weights
-            opt = _optimizer(model, lr, cfg.train.lstm_lr_factor)
-            ema = _ema(model, cfg.train.ema_decay)
-            step, stale = 0, 0
-            log(f"seed {seed} epoch {epoch}: dev predictions collapsed (constant, diverged or uncorrelated); restart {restarts}/"
-                f"{cfg.train.collapse_restarts} from epoch {best_epoch or 'init'} with lr {lr:g}")
-        else:
-            stale += 1
-            plateau += 1
-            if cfg.train.plateau_factor and plateau >= cfg.train.plateau_patience:
-                lr *= cfg.train.plateau_factor  # the step loop sets every group's rate from lr
-                plateau = 0
-                log(f"seed {seed} epoch {epoch}: no dev improvement for {cfg.train.plateau_patience} epochs; lr {lr:g}")
-            if cfg.train.patience and stale >= cfg.train.patience:
-                log(f"seed {seed}: early stop after {epoch} epochs (best epoch {best_epoch})")
-                break
-    if not best_epoch:  # every epoch collapsed: keep the last model so that the run still reports
-        save_checkpoint(out_dir / "best.pt", model if ema is None else ema.module, {**meta, "epoch": len(lines), "dev_ccc": {}})
+
+
+def _final_result(prep: Prepared, seed: int, out_dir: Path, dev_calls: list[CallData], test_idx: list[int],
+                  sched: _Schedule, epochs_run: int) -> dict:
+    """Evaluate the best checkpoint on dev and test, stamp it, write result.json."""
+    cfg = prep.cfg
     best_model, best_meta = load_checkpoint(out_dir / "best.pt")
     test = evaluate_calls(best_model, [prep.calls[i] for i in test_idx], cfg) if test_idx else {}
     dev = evaluate_calls(best_model, dev_calls, cfg)
     best_meta.pop("checkpoint_sha256", None)
     save_checkpoint(out_dir / "best.pt", best_model, {**best_meta, "dev_ccc": _dims(dev), "test_ccc": _dims(test)})
-    result = {"seed": seed, "best_epoch": best_epoch, "epochs_run": len(lines), "collapse_restarts": restarts,
-              "dev": dev, "test": test}
+    result = {"seed": seed, "best_epoch": sched.best_epoch, "epochs_run": epochs_run,
+              "collapse_restarts": sched.restarts, "dev": dev, "test": test}
     atomic_write_text(out_dir / "result.json", json.dumps(result, indent=2))
     return result
 
