@@ -65,13 +65,14 @@ A speaker without any speech window gets null statistics, zero counts and false 
 from __future__ import annotations
 
 import math
-import tomllib
 from dataclasses import asdict, dataclass, fields
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import polars as pl
+
+from .tomlconfig import dataclass_from, read_toml
 
 DEFAULT_CONFIG = Path(__file__).parent / "config" / "changes.toml"
 KEYS = ["call_id", "speaker"]
@@ -137,21 +138,7 @@ def load_change_config(path: str | Path | None = None) -> ChangeConfig:
     fall back to a default threshold).
     """
     path = Path(path) if path is not None else DEFAULT_CONFIG
-    try:
-        with open(path, "rb") as f:
-            data = tomllib.load(f)
-    except FileNotFoundError:
-        raise ValueError(f"{path}: change config not found") from None
-    except tomllib.TOMLDecodeError as e:
-        raise ValueError(f"{path}: invalid TOML ({e})") from None
-    known = {f.name for f in fields(ChangeConfig)}
-    unknown = set(data) - known
-    if unknown:
-        raise ValueError(f"{path}: unknown key(s) {sorted(unknown)}; known: {sorted(known)}")
-    try:
-        return ChangeConfig(**data)
-    except ValueError as e:
-        raise ValueError(f"{path}: {e}") from None
+    return dataclass_from(ChangeConfig, read_toml(path, "change config"), str(path))
 
 
 # --------------------------------------------------------------------------------------------------

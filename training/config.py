@@ -14,12 +14,12 @@ a config must not silently train the wrong experiment.
 from __future__ import annotations
 
 import json
-import tomllib
-from dataclasses import asdict, dataclass, field, fields, replace
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
 from cusemo_batch.audio import NORMALISATIONS
+from cusemo_batch.tomlconfig import TomlConfigError, dataclass_from, read_toml
 
 from .augment import AugmentConfig
 from .model_config import ModelConfig
@@ -128,15 +128,10 @@ def _merge(base: dict, over: dict) -> dict:
 
 
 def _section(cls, data: dict, name: str):
-    known = {f.name: f for f in fields(cls)}
-    unknown = set(data) - set(known)
-    if unknown:
-        raise ConfigError(f"[{name}]: unknown key(s) {sorted(unknown)}; known: {sorted(known)}")
-    kwargs = {k: tuple(v) if isinstance(v, list) else v for k, v in data.items()}
     try:
-        return cls(**kwargs)
-    except (TypeError, ValueError) as e:
-        raise ConfigError(f"[{name}]: {e}") from None
+        return dataclass_from(cls, data, f"[{name}]")
+    except TomlConfigError as e:
+        raise ConfigError(str(e)) from None
 
 
 def from_dict(d: dict[str, Any]) -> Config:
@@ -213,10 +208,9 @@ def load_config(path: str | Path | None = None) -> Config:
         else:
             raise ConfigError(f"{path}: config file not found")
     try:
-        with open(path, "rb") as f:
-            data = tomllib.load(f)
-    except tomllib.TOMLDecodeError as e:
-        raise ConfigError(f"{path}: invalid TOML ({e})") from None
+        data = read_toml(path)
+    except TomlConfigError as e:
+        raise ConfigError(str(e)) from None
     data.setdefault("name", path.stem)
     try:
         return from_dict(data)
