@@ -11,10 +11,10 @@ import sys
 from pathlib import Path
 
 import duckdb
-import numpy as np
 import polars as pl
 import pytest
 import soundfile as sf
+from demo_calls import copy_demo_calls
 
 EXAMPLES = Path(__file__).resolve().parents[1] / "examples" / "calls"
 RUN_COLUMNS = ("run_id", "scored_at", "occurred_at")
@@ -44,17 +44,7 @@ def snapshot(out: Path) -> dict[str, bytes]:
 
 
 def demo(dest: Path, names=("negative_end", "anger_escalation", "steady"), csv: bool = True) -> Path:
-    dest.mkdir(parents=True, exist_ok=True)
-    for n in names:
-        src = EXAMPLES / n
-        if src.is_dir():
-            shutil.copytree(src, dest / n)
-        else:
-            for f in EXAMPLES.glob(f"{n}.*"):
-                shutil.copy(f, dest / f.name)
-    if csv:
-        shutil.copy(EXAMPLES / "calls.csv", dest / "calls.csv")
-    return dest
+    return copy_demo_calls(dest, names, csv)
 
 
 def unprivileged() -> tuple[str, ...]:

@@ -13,6 +13,7 @@ import pytest
 import soundfile as sf
 
 from cusemo_batch.store import Store
+from demo_calls import copy_demo_calls
 
 EXAMPLES = Path(__file__).resolve().parents[1] / "examples" / "calls"
 RUN_COLUMNS = {"run_id", "scored_at", "occurred_at"}  # differ between runs by design
@@ -25,15 +26,7 @@ def cli(*args, env=None, wrap=()) -> subprocess.CompletedProcess:
 
 
 def good_calls(dest: Path, names=("negative_end", "steady")) -> Path:
-    dest.mkdir(parents=True, exist_ok=True)
-    for n in names:
-        src = EXAMPLES / n
-        if src.is_dir():
-            shutil.copytree(src, dest / n)
-        else:
-            for f in EXAMPLES.glob(f"{n}.*"):
-                shutil.copy(f, dest / f.name)
-    return dest
+    return copy_demo_calls(dest, names)
 
 
 def table(out: Path, name: str) -> pl.DataFrame:
