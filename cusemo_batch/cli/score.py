@@ -19,7 +19,10 @@ Exit codes (for schedulers):
   3  OUT is locked by another running cusemo-batch score
   4  no calls found under CALLS (an empty or unmounted folder?); nothing scored
   5  OUT could not be written (disk full, I/O error): the night stopped; what was written is whole
-Options and the model are checked before OUT is touched: exit 2 leaves OUT as it was.
+  6  --engine ray: the Ray cluster failed mid-run (lost, workers kept dying, a node writing to
+     another OUT); what was written is whole, the next run completes the night
+Options, the model, --manifest and the Ray cluster are checked before OUT is touched: exit 2
+leaves OUT as it was.
 A call that fails keeps the rows of its last good result (marked with last_error_at).
 """
 
@@ -60,10 +63,37 @@ def _names(text: str) -> tuple[str, ...]:
     return tuple(s.strip() for s in text.split(",") if s.strip())
 
 
+def _engine(engine: str, address: str | None, workers: int | None, cpus_per_worker: float, gpus_per_worker: float,
+            device: str, threads: int | None):
+    """The local engine, or a Ray engine (imported only here: the local path never imports Ray)."""
+    from cusemo_batch.nightly import LocalEngine
+
+    if engine == "local":
+        return LocalEngine()
+    from cusemo_batch.engine_ray import RayEngine, RaySettings
+
+    return RayEngine(RaySettings(address=address, workers=workers, cpus_per_worker=cpus_per_worker,
+                                 gpus_per_worker=gpus_per_worker, device=device, threads=threads))
+
+
 @click.command(epilog=EXIT_HELP)
-@click.argument("calls_dir", metavar="CALLS", type=click.Path(exists=True, file_okay=False, path_type=Path))
+@click.argument("calls_dir", metavar="[CALLS]", required=False,
+                type=click.Path(exists=True, file_okay=False, path_type=Path))
 @click.option("--out", "-o", required=True, type=click.Path(file_okay=False, path_type=Path),
               help="Output folder (hive-partitioned Parquet tables).")
+@click.option("--manifest", "call_list", type=click.Path(dir_okay=False, path_type=Path),
+              help="Score the calls listed in this file (.csv, .parquet or .jsonl: call_id, files, optional "
+                   "rttm, roles, channels, metadata columns) instead of walking CALLS.")
+@click.option("--engine", type=click.Choice(["local", "ray"]), default="local", show_default=True,
+              help="local: this process. ray: an actor pool on a Ray cluster (pip install 'cusemo-batch[ray]').")
+@click.option("--address", help="--engine ray: the cluster (auto = the one this node joined, or HOST:PORT). "
+                                "Default: a Ray instance on this machine for this run.")
+@click.option("--workers", type=click.IntRange(min=1),
+              help="--engine ray: scoring actors (default: as many as the cluster's CPUs/GPUs hold).")
+@click.option("--cpus-per-worker", type=click.FloatRange(min=0.01), default=1.0, show_default=True,
+              help="--engine ray: CPUs per actor (onnxruntime threads follow unless --threads).")
+@click.option("--gpus-per-worker", type=click.FloatRange(min=0.0), default=0.0, show_default=True,
+              help="--engine ray: GPUs per actor; fractions share a GPU (0.25 = four actors per GPU).")
 @click.option("--model", "-m", type=click.Path(dir_okay=False, path_type=Path),
               help="Exported model (NAME.onnx). Default: the embedded model.")
 @click.option("--device", type=click.Choice(["auto", "cpu", "cuda"]), default="auto", show_default=True,
@@ -96,24 +126,32 @@ def _names(text: str) -> tuple[str, ...]:
               help="text: timestamped lines when not on a terminal; json: one object per line "
                    "(time, level, run_id, call_id, stage, message).")
 @click.option("--verbose", "-v", is_flag=True, help="Log a line per call (scored, skipped).")
-def score(calls_dir: Path, out: Path, model: Path | None, device: str, threads: int | None, batch_seconds: float,
+def score(calls_dir: Path | None, out: Path, call_list: Path | None, engine: str, address: str | None,
+          workers: int | None, cpus_per_worker: float, gpus_per_worker: float, model: Path | None, device: str,
+          threads: int | None, batch_seconds: float,
           rate: float, layout: str, channels: str, roles: str, speaker_name: str, speakers: str,
           config_path: Path | None, compress_silence: bool, min_silence: float, keep_silence: float,
           force: bool, follow_symlinks: bool, strict_roles: bool, min_speech: float, log_format: str,
           verbose: bool) -> None:
-    """Score every call under CALLS into Parquet tables under OUT.
+    """Score every call under CALLS (or listed in --manifest) into Parquet tables under OUT.
 
     Calls are stereo files, per-speaker files, mono + RTTM, or mono (one speaker), mixed freely.
     Writes OUT/{timeseries,calls,events,errors,runs}/date=YYYY-MM-DD/*.parquet. Unchanged calls
     are skipped on re-runs; a bad call becomes one row in OUT/errors and the run goes on.
     """
+    if (calls_dir is None) == (call_list is None):
+        raise click.UsageError("give CALLS or --manifest FILE (one of them)")
+    ray_flags = {"--address": address, "--workers": workers, "--cpus-per-worker": cpus_per_worker != 1.0 or None,
+                 "--gpus-per-worker": gpus_per_worker or None}
+    if engine != "ray" and any(v is not None for v in ray_flags.values()):
+        raise click.UsageError(f"{next(k for k, v in ray_flags.items() if v is not None)} needs --engine ray")
     _private_ort_cache()
     import logging
 
     from cusemo_batch import changes, oplog
     from cusemo_batch.calls import DiscoveryOptions, MetadataError
     from cusemo_batch.model import ModelError
-    from cusemo_batch.nightly import run_nightly
+    from cusemo_batch.nightly import EngineFailed, EngineUnavailable, run_nightly
     from cusemo_batch.scorer import ScoreOptions, Scorer
     from cusemo_batch.store import LockedError, StoreError, StoreWriteError
     from rich.markup import escape
@@ -133,10 +171,16 @@ def score(calls_dir: Path, out: Path, model: Path | None, device: str, threads: 
                                    strict_roles=strict_roles, follow_symlinks=follow_symlinks),
         change_config=change_cfg, batch_seconds=batch_seconds, min_speech_s=min_speech)
     try:
-        scorer = Scorer(model, device=device, threads=threads, options=opts)
+        if engine == "ray":  # the driver only checks the model and names it; the workers run it
+            scorer = Scorer(model, device="cpu", threads=1, options=opts)
+            where = "Ray workers"
+        else:
+            scorer = Scorer(model, device=device, threads=threads, options=opts)
+            where = ", ".join(scorer.model.providers)
+        runner = _engine(engine, address, workers, cpus_per_worker, gpus_per_worker, device, threads)
     except (ModelError, OSError, ValueError) as e:
         raise UserError(str(e)) from None
-    console.print(f"model {scorer.model_id} ({scorer.model.sha256[:12]}) on {', '.join(scorer.model.providers)}")
+    console.print(f"model {scorer.model_id} ({scorer.model.sha256[:12]}) on {where}")
 
     started = time.perf_counter()
     state = {"n": 0, "audio": 0.0, "last_log": started}
@@ -163,17 +207,21 @@ def score(calls_dir: Path, out: Path, model: Path | None, device: str, threads: 
                     on_call(outcome)
                     bar.update(task, advance=1, hours=state["audio"] / 3600)
 
-                summary = run_nightly(calls_dir, out, scorer, force=force,
+                summary = run_nightly(calls_dir, out, scorer, force=force, call_list=call_list, engine=runner,
                                       on_call=on_call_tty, on_start=lambda n: bar.update(task, total=n))
         else:
-            summary = run_nightly(calls_dir, out, scorer, force=force, on_call=on_call)
+            summary = run_nightly(calls_dir, out, scorer, force=force, call_list=call_list, engine=runner,
+                                  on_call=on_call)
     except LockedError as e:
         err_console.print(f"error: {e}")
         sys.exit(3)
     except StoreWriteError as e:
         err_console.print(f"error: {escape(str(e))}", soft_wrap=True)
         sys.exit(5)
-    except (StoreError, MetadataError) as e:
+    except EngineFailed as e:
+        err_console.print(f"error: {escape(str(e))}", soft_wrap=True)
+        sys.exit(6)
+    except (StoreError, MetadataError, EngineUnavailable) as e:
         raise UserError(str(e)) from None
     console.print(
         f"{summary.scored} scored, {summary.skipped} skipped, {summary.failed} failed of {summary.calls_found} "
