@@ -37,7 +37,6 @@ unreadable or not audio, or whose speakers cannot be told, is that call's error 
 
 from __future__ import annotations
 
-import csv
 import json
 import os
 import re
@@ -50,7 +49,7 @@ from typing import Any
 
 from .calls import Call, CallError, DiscoveryOptions, SpeakerSource, _single_file_call
 from .metadata import RESERVED_METADATA, CallMetadata, MetadataError
-from .text import first_line
+from .text import first_line, read_csv_rows
 
 REQUIRED = ("call_id", "files")
 STRUCTURE = ("call_id", "files", "rttm", "roles", "channels")  # the other columns are metadata
@@ -135,19 +134,7 @@ def read_call_list(path: str | Path) -> CallList:
 
 
 def _read_csv(path: Path) -> tuple[list[str], list[tuple[int, dict[str, Any]]]]:
-    try:
-        raw = path.read_bytes()
-    except OSError as e:
-        raise CallListError(f"{path}: cannot read ({e.strerror or e})") from None
-    encoding = "utf-16" if raw.startswith((b"\xff\xfe", b"\xfe\xff")) else "utf-8-sig"
-    try:
-        text = raw.decode(encoding)
-    except UnicodeDecodeError as e:
-        raise CallListError(f"{path}: not UTF-8 or UTF-16 text (byte {e.start}: {e.reason})") from None
-    try:
-        table = list(csv.reader(text.splitlines()))
-    except csv.Error as e:
-        raise CallListError(f"{path}: not CSV ({e})") from None
+    table = read_csv_rows(path, CallListError)
     if not table:
         raise CallListError(f"{path}:1: empty file (no header)")
     header = [h.strip() for h in table[0]]

@@ -7,13 +7,12 @@ The rows are joined to the ``calls`` table by :func:`join_metadata`.
 
 from __future__ import annotations
 
-import csv
 from dataclasses import dataclass
 from pathlib import Path
 
 import polars as pl
 
-from .text import first_line
+from .text import first_line, read_csv_rows
 
 
 class MetadataError(ValueError):
@@ -65,22 +64,7 @@ def read_metadata(root: str | Path) -> CallMetadata | None:
         records = [(i + 2, ["" if v is None else str(v) for v in r]) for i, r in enumerate(df.iter_rows())]
         source = pq
     elif cs.is_file():
-        try:
-            raw = cs.read_bytes()
-        except OSError as e:
-            raise MetadataError(f"{cs}: cannot read ({e.strerror or e})") from None
-        if raw.startswith((b"\xff\xfe", b"\xfe\xff")):
-            encoding = "utf-16"
-        else:
-            encoding = "utf-8-sig"
-        try:
-            text = raw.decode(encoding)
-        except UnicodeDecodeError as e:
-            raise MetadataError(f"{cs}: not UTF-8 or UTF-16 text (byte {e.start}: {e.reason})") from None
-        try:
-            table = list(csv.reader(text.splitlines()))
-        except csv.Error as e:
-            raise MetadataError(f"{cs}: not CSV ({e})") from None
+        table = read_csv_rows(cs, MetadataError)
         if not table:
             return None
         header = [h.strip() for h in table[0]]

@@ -13,10 +13,9 @@ import pytest
 import soundfile as sf
 
 from cusemo_batch.store import Store
-from demo_calls import copy_demo_calls
+from demo_calls import assert_same_tables, copy_demo_calls, table
 
 EXAMPLES = Path(__file__).resolve().parents[1] / "examples" / "calls"
-RUN_COLUMNS = {"run_id", "scored_at", "occurred_at"}  # differ between runs by design
 
 
 def cli(*args, env=None, wrap=()) -> subprocess.CompletedProcess:
@@ -27,22 +26,6 @@ def cli(*args, env=None, wrap=()) -> subprocess.CompletedProcess:
 
 def good_calls(dest: Path, names=("negative_end", "steady")) -> Path:
     return copy_demo_calls(dest, names)
-
-
-def table(out: Path, name: str) -> pl.DataFrame:
-    files = sorted((out / name).glob("date=*/*.parquet"))
-    if not files:
-        return pl.DataFrame()
-    df = pl.read_parquet(files, hive_partitioning=True, missing_columns="insert")
-    df = df.drop([c for c in df.columns if c in RUN_COLUMNS])
-    return df.sort([c for c in ("call_id", "speaker", "t_start_s", "kind") if c in df.columns])
-
-
-def assert_same_tables(a: Path, b: Path) -> None:
-    for name in ("timeseries", "calls", "events", "errors"):
-        ta, tb = table(a, name), table(b, name)
-        assert ta.columns == tb.columns, name
-        assert ta.equals(tb, null_equal=True), f"table {name} differs"
 
 
 def speechlike(seconds: float, sr: int = 8000, seed: int = 0) -> np.ndarray:

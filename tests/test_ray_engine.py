@@ -29,12 +29,12 @@ import numpy as np
 import polars as pl
 import pytest
 import soundfile as sf
+from demo_calls import assert_same_tables, table
 
 pytest.importorskip("ray")
 
 REPO = Path(__file__).resolve().parents[1]
 EXAMPLES = REPO / "examples" / "calls"
-RUN_COLUMNS = {"run_id", "scored_at", "occurred_at"}  # differ between runs by design
 ROLES = "SPEAKER_00=agent,SPEAKER_01=client"
 RAY = ("--engine", "ray", "--workers", "2", "--cpus-per-worker", "1")
 
@@ -81,22 +81,6 @@ def cli(*args, env: dict | None = None, ray: bool = False, timeout: float = 300)
     if ray:
         cmd = [*UNSHARE, sys.executable, "-c", LAUNCHER, *cmd]
     return subprocess.run(cmd, capture_output=True, text=True, env=_env(env), timeout=timeout)
-
-
-def table(out: Path, name: str) -> pl.DataFrame:
-    files = sorted((out / name).glob("date=*/*.parquet"))
-    if not files:
-        return pl.DataFrame()
-    df = pl.read_parquet(files, hive_partitioning=True, missing_columns="insert")
-    df = df.drop([c for c in df.columns if c in RUN_COLUMNS])
-    return df.sort([c for c in ("call_id", "speaker", "t_start_s", "kind") if c in df.columns])
-
-
-def assert_same_tables(a: Path, b: Path) -> None:
-    for name in ("timeseries", "calls", "events", "errors"):
-        ta, tb = table(a, name), table(b, name)
-        assert ta.columns == tb.columns, name
-        assert ta.equals(tb, null_equal=True), f"table {name} differs"
 
 
 def speechlike(seconds: float, sr: int = 8000, seed: int = 0) -> np.ndarray:
