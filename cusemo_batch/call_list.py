@@ -47,7 +47,7 @@ from functools import partial
 from pathlib import Path
 from typing import Any
 
-from .calls import Call, CallError, DiscoveryOptions, SpeakerSource, _single_file_call
+from .calls import Call, CallError, DiscoveryOptions, SpeakerSource, single_file_call
 from .metadata import RESERVED_METADATA, CallMetadata, MetadataError
 from .text import first_line, read_csv_rows
 
@@ -283,7 +283,7 @@ def row_call(row: CallRow, opts: DiscoveryOptions, base: Path) -> tuple[Call | N
     if errors:
         return None, errors
     if len(paths) == 1 and paths[0][0] is None:
-        call = _single_file_call(cid, paths[0][1], rttm, opts, errors)
+        call = single_file_call(cid, paths[0][1], rttm, opts, errors)
     else:
         call = _per_speaker_call(cid, paths, opts, errors)
     if call is not None and opts.speakers:

@@ -238,7 +238,7 @@ def discover(root: str | Path, opts: DiscoveryOptions = DiscoveryOptions()) -> t
             call = Call(cid, "per-speaker", tuple(by_role.values()),
                         {r: SpeakerSource(r, p) for r, p in sorted(by_role.items())})
         else:
-            call = _single_file_call(cid, without[0], rttms.get((cid, without[0].parent)), opts, errors)
+            call = single_file_call(cid, without[0], rttms.get((cid, without[0].parent)), opts, errors)
             if call is None:
                 continue
         if opts.speakers:
@@ -277,7 +277,7 @@ def calls_from_files(files: list[str | Path], opts: DiscoveryOptions = Discovery
             continue
         seen[cid] = f
         rttm = f.with_suffix(".rttm")
-        call = _single_file_call(cid, f, rttm if rttm.is_file() else None, opts, errors)
+        call = single_file_call(cid, f, rttm if rttm.is_file() else None, opts, errors)
         if call is not None and opts.speakers:
             call.speakers = {r: s for r, s in call.speakers.items() if r in opts.speakers}
             if not call.speakers:
@@ -289,8 +289,13 @@ def calls_from_files(files: list[str | Path], opts: DiscoveryOptions = Discovery
     return calls, errors
 
 
-def _single_file_call(cid: str, path: Path, rttm: Path | None, opts: DiscoveryOptions,
-                      errors: list[CallError]) -> Call | None:
+def single_file_call(cid: str, path: Path, rttm: Path | None, opts: DiscoveryOptions,
+                     errors: list[CallError]) -> Call | None:
+    """The call in one audio file (stereo, mono + ``rttm``, or mono), or None with an error appended.
+
+    Shared by folder discovery, :func:`calls_from_files` and ``--manifest`` lists, so a file gives the
+    same speakers whichever way it was found.
+    """
     try:
         info = sf.info(str(path))
     except Exception as e:  # soundfile raises RuntimeError/LibsndfileError/PermissionError...
