@@ -30,7 +30,6 @@ import polars as pl
 
 from . import schema
 from .files import TMP_PREFIX, atomic_path
-from .schema import SCHEMA_VERSION
 
 TABLES = tuple(schema.TABLES)
 EMPTY = "_empty"  # stem of the zero-row placeholder of a table that has no rows yet
@@ -183,10 +182,10 @@ class Store:
         schema could otherwise lag behind theirs).
         """
         for table in TABLES:
-            files = list((self.root / table).glob("date=*/*.parquet"))
-            real = [f for f in files if f.stem != EMPTY]
-            placeholders = [f for f in files if f.stem == EMPTY]
-            if real:
+            # the first real file ends the search: a big store is not listed in full every night
+            has_rows = any(f.stem != EMPTY for f in (self.root / table).glob("date=*/*.parquet"))
+            placeholders = list((self.root / table).glob(f"date=*/{EMPTY}.parquet"))
+            if has_rows:
                 for f in placeholders:
                     f.unlink(missing_ok=True)
             elif not placeholders:

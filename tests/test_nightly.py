@@ -13,7 +13,7 @@ import pytest
 import soundfile as sf
 
 from cusemo_batch.store import Store
-from demo_calls import assert_same_tables, copy_demo_calls, table
+from demo_calls import assert_same_tables, copy_demo_calls, speechlike, table, write_bad_inputs
 
 EXAMPLES = Path(__file__).resolve().parents[1] / "examples" / "calls"
 
@@ -28,40 +28,18 @@ def good_calls(dest: Path, names=("negative_end", "steady")) -> Path:
     return copy_demo_calls(dest, names)
 
 
-def speechlike(seconds: float, sr: int = 8000, seed: int = 0) -> np.ndarray:
-    """Noise bursts with pauses: enough energy contrast for the VAD."""
-    rng = np.random.default_rng(seed)
-    x = rng.normal(0, 0.1, int(seconds * sr)).astype(np.float32)
-    env = (np.sin(np.arange(x.size) / sr * 2 * np.pi * 0.7) > -0.3).astype(np.float32)
-    return x * env
-
-
 @pytest.fixture(scope="module")
 def zoo(tmp_path_factory, ravdess_dir):
     """Good calls + one of every kind of bad input the nightly job must survive."""
     root = good_calls(tmp_path_factory.mktemp("zoo") / "calls")
-    (root / "empty.wav").write_bytes(b"")
+    write_bad_inputs(root)
     wav = root / "truncated.wav"
     sf.write(wav, speechlike(2.0), 8000)
     wav.write_bytes(wav.read_bytes()[:30])
-    (root / "notaudio.wav").write_text("this is a text file, not audio\n" * 20)
-    nan = speechlike(3.0)
-    nan[1000:1010] = np.nan
-    sf.write(root / "nan_samples.wav", nan, 8000, subtype="FLOAT")
-    sf.write(root / "too_short.wav", speechlike(0.01), 8000)
-    sf.write(root / "all_silence.wav", np.zeros(8000 * 5, np.float32), 8000)
-    sf.write(root / "three_channels.wav", np.stack([speechlike(2.0)] * 3, axis=1), 8000)
-    sf.write(root / "rttm_past_end.wav", speechlike(4.0), 8000)
-    (root / "rttm_past_end.rttm").write_text("SPEAKER x 1 0.0 2.0 <NA> <NA> client <NA> <NA>\n"
-                                             "SPEAKER x 1 2.0 30.0 <NA> <NA> agent <NA> <NA>\n")
     sf.write(root / "rttm_garbage.wav", speechlike(4.0), 8000)
     (root / "rttm_garbage.rttm").write_text("SPEAKER x 1 0.0 oops <NA> <NA> client <NA> <NA>\n")
     sf.write(root / "rttm_agent_only.wav", speechlike(4.0), 8000)
     (root / "rttm_agent_only.rttm").write_text("SPEAKER x 1 0.0 2.0 <NA> <NA> agent <NA> <NA>\n")
-    (root / "a").mkdir()
-    (root / "b").mkdir()
-    sf.write(root / "a" / "twin.wav", speechlike(2.0), 8000)
-    sf.write(root / "b" / "twin.flac", speechlike(2.0), 8000)
     locked = root / "no_permission.wav"
     sf.write(locked, speechlike(2.0), 8000)
     locked.chmod(0)

@@ -25,11 +25,9 @@ import tempfile
 import time
 from pathlib import Path
 
-import numpy as np
 import polars as pl
 import pytest
-import soundfile as sf
-from demo_calls import assert_same_tables, table
+from demo_calls import assert_same_tables, table, write_bad_inputs
 
 pytest.importorskip("ray")
 
@@ -83,12 +81,6 @@ def cli(*args, env: dict | None = None, ray: bool = False, timeout: float = 300)
     return subprocess.run(cmd, capture_output=True, text=True, env=_env(env), timeout=timeout)
 
 
-def speechlike(seconds: float, sr: int = 8000, seed: int = 0) -> np.ndarray:
-    rng = np.random.default_rng(seed)
-    x = rng.normal(0, 0.1, int(seconds * sr)).astype(np.float32)
-    return x * (np.sin(np.arange(x.size) / sr * 2 * np.pi * 0.7) > -0.3).astype(np.float32)
-
-
 def many_calls(dest: Path, copies: int) -> Path:
     """The demo calls ``copies`` times under other ids (each copy its own call), with calls.csv."""
     dest.mkdir(parents=True)
@@ -139,21 +131,7 @@ def mixed(tmp_path_factory) -> Path:
     for n in ("negative_end.flac", "anger_escalation.flac"):
         shutil.copy(EXAMPLES / n, root / n)
     shutil.copytree(EXAMPLES / "steady", root / "steady")
-    (root / "empty.wav").write_bytes(b"")
-    (root / "notaudio.wav").write_text("this is a text file, not audio\n" * 20)
-    nan = speechlike(3.0)
-    nan[1000:1010] = np.nan
-    sf.write(root / "nan_samples.wav", nan, 8000, subtype="FLOAT")
-    sf.write(root / "too_short.wav", speechlike(0.01), 8000)
-    sf.write(root / "all_silence.wav", np.zeros(8000 * 5, np.float32), 8000)
-    sf.write(root / "three_channels.wav", np.stack([speechlike(2.0)] * 3, axis=1), 8000)
-    sf.write(root / "rttm_past_end.wav", speechlike(4.0), 8000)
-    (root / "rttm_past_end.rttm").write_text("SPEAKER x 1 0.0 2.0 <NA> <NA> client <NA> <NA>\n"
-                                             "SPEAKER x 1 2.0 30.0 <NA> <NA> agent <NA> <NA>\n")
-    (root / "a").mkdir()
-    (root / "b").mkdir()
-    sf.write(root / "a" / "twin.wav", speechlike(2.0), 8000)
-    sf.write(root / "b" / "twin.flac", speechlike(2.0), 8000)
+    write_bad_inputs(root)
     (root / "calls.csv").write_text("call_id,date,queue\nnegative_end,2026-11-25,support\n"
                                     "anger_escalation,2026-13-01,billing\nsteady,,sales\n")
     return root
