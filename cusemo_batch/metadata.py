@@ -2,13 +2,19 @@
 
 Read before the nightly job touches OUT (a file that cannot be used as a whole stops the run with
 its file and line); one bad value (a date that is not a calendar date) is that call's error row.
-The rows are joined to the ``calls`` table by :func:`join_metadata`.
+The rows are joined to the ``calls`` table by :func:`join_metadata` as two columns every file has,
+whatever ``calls.csv`` listed that night: ``call_date`` (a DATE) and ``metadata`` (a JSON object of
+the other columns). Columns of their own per file would differ between nights (a new column in
+``calls.csv``, a call not listed), and DuckDB's ``select *`` over the table's glob then fails with
+a schema mismatch; :func:`expand_metadata` turns the JSON back into columns for one frame.
 """
 
 from __future__ import annotations
 
+import json
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Mapping, Sequence
 
 import polars as pl
 
@@ -98,17 +104,66 @@ def read_metadata(root: str | Path) -> CallMetadata | None:
     return CallMetadata(source, tuple(header), rows, lines)
 
 
-def join_metadata(calls_df: pl.DataFrame, rows: list[dict[str, str]]) -> pl.DataFrame:
-    """Left-join ``calls.csv`` columns (as strings); names that clash with ours get a ``meta_`` prefix.
+# Keys of the metadata JSON that are not metadata: the call id is a column, ``date`` is ``call_date``.
+_NOT_METADATA = ("call_id", "date")
 
-    ``date`` becomes ``call_date``: ``date`` is the hive partition key of every table.
+
+def metadata_json(row: Mapping[str, str | None] | None) -> str:
+    """The ``metadata`` cell of a call: its ``calls.csv`` columns but ``call_id``/``date`` as JSON text.
+
+    Keys sorted, so the same metadata is the same bytes whatever the column order that night;
+    ``{}`` for a call ``calls.csv`` does not list (a SQL ``metadata->>'queue'`` is then NULL).
+
+    >>> metadata_json({"call_id": "c1", "date": "2026-11-24", "queue": "billing", "agent": "A7"})
+    '{"agent": "A7", "queue": "billing"}'
     """
-    meta = pl.DataFrame(rows).cast(pl.Utf8).unique("call_id", keep="first")
-    rename = {c: f"meta_{c}" for c in meta.columns if c not in ("call_id", "date") and c in calls_df.columns}
-    if "date" in meta.columns:
-        rename["date"] = "call_date"
-    meta = meta.rename(rename)
-    if "call_date" in meta.columns:  # a DATE for SQL (`where call_date >= DATE '...'`); not a date -> null
-        meta = meta.with_columns(pl.col("call_date").str.slice(0, 10).str.to_date("%Y-%m-%d", strict=False))
-    return calls_df.drop([c for c in meta.columns if c != "call_id" and c in calls_df.columns]).join(
+    items = {k: v for k, v in (row or {}).items() if k not in _NOT_METADATA and v is not None}
+    return json.dumps(dict(sorted(items.items())), ensure_ascii=False)
+
+
+def join_metadata(calls_df: pl.DataFrame, rows: Sequence[Mapping[str, str | None]]) -> pl.DataFrame:
+    """Add ``call_date`` (DATE; null when absent or not a date) and ``metadata`` (JSON) by ``call_id``.
+
+    Every call gets both columns, listed or not, so every file of the table has the same schema.
+
+    >>> calls = pl.DataFrame({"call_id": ["c1", "c2"], "speaker": ["client", "client"]})
+    >>> join_metadata(calls, [{"call_id": "c1", "date": "2026-11-24", "queue": "billing"}]).row(0)
+    ('c1', 'client', datetime.date(2026, 11, 24), '{"queue": "billing"}')
+    """
+    by_id: dict[str, Mapping[str, str | None]] = {}
+    for r in rows:
+        by_id.setdefault(str(r["call_id"]), r)
+    ids = sorted(set(calls_df["call_id"].to_list())) if calls_df.height else []
+    meta = pl.DataFrame({
+        "call_id": ids,
+        "call_date": [(by_id.get(c) or {}).get("date") or None for c in ids],
+        "metadata": [metadata_json(by_id.get(c)) for c in ids],
+    }, schema={"call_id": pl.Utf8, "call_date": pl.Utf8, "metadata": pl.Utf8})
+    # a DATE for SQL (`where call_date >= DATE '...'`); not a calendar date -> null
+    meta = meta.with_columns(pl.col("call_date").str.strip_chars().str.slice(0, 10)
+                             .str.to_date("%Y-%m-%d", strict=False))
+    return calls_df.drop([c for c in ("call_date", "metadata") if c in calls_df.columns]).join(
         meta, on="call_id", how="left")
+
+
+def expand_metadata(calls: pl.DataFrame, reserved: Sequence[str] = ()) -> tuple[pl.DataFrame, list[str]]:
+    """The ``metadata`` JSON of a calls frame as text columns (for a report or a CSV export).
+
+    Returns the frame with one column per key found in any row (null where a call lacks it) and
+    those column names in the order of the sorted keys. A key that clashes with a column of ``calls`` or with
+    ``reserved`` gets the prefix ``meta_``.
+
+    >>> df = pl.DataFrame({"call_id": ["a", "b"], "metadata": ['{"queue": "x"}', "{}"]})
+    >>> wide, names = expand_metadata(df)
+    >>> names, wide["queue"].to_list()
+    (['queue'], ['x', None])
+    """
+    if "metadata" not in calls.columns:
+        return calls, []
+    decoded = [json.loads(m) if m else {} for m in calls["metadata"].to_list()]
+    keys = sorted({k for d in decoded for k in d})
+    taken = set(calls.columns) | set(reserved)
+    names = {k: (f"meta_{k}" if k in taken else k) for k in keys}
+    extra = pl.DataFrame({names[k]: [None if d.get(k) is None else str(d[k]) for d in decoded] for k in keys},
+                         schema={names[k]: pl.Utf8 for k in keys})
+    return pl.concat([calls, extra], how="horizontal"), [names[k] for k in keys]

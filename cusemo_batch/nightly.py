@@ -49,6 +49,7 @@ from .calls import Call, CallError, CallMetadata, discover, read_metadata
 from .files import crash_point
 from .scorer import CallOutcome, Scorer, errors_frame, join_metadata
 from .schema import SCHEMA_VERSION
+from .store_upgrade import upgrade_store
 from .store import MANIFEST_SCHEMA, Store, StoreWriteError, call_key, valid_date
 
 EXIT_OK, EXIT_FAILED, EXIT_USAGE, EXIT_LOCKED, EXIT_NO_CALLS, EXIT_WRITE, EXIT_ENGINE = 0, 1, 2, 3, 4, 5, 6
@@ -273,7 +274,6 @@ class CallWriter:
     model_sha256: str
     now: dt.datetime
     options_hash: str
-    metadata_columns: tuple[str, ...] = ()
 
     def key(self, audio_sha256: str) -> str:
         return score_key(audio_sha256, self.model_sha256, self.options_hash)
@@ -281,7 +281,7 @@ class CallWriter:
     def for_worker(self) -> "CallWriter":
         """A copy for another process: OUT as an absolute path, no lock (the driver holds it)."""
         return CallWriter(Store(self.store.root.absolute()), self.run_id, self.model_id, self.model_sha256,
-                          self.now, self.options_hash, self.metadata_columns)
+                          self.now, self.options_hash)
 
     def _run_columns(self) -> list[pl.Expr]:
         return [pl.lit(self.run_id).alias("run_id"), pl.lit(self.model_id).alias("model_id"),
@@ -294,9 +294,7 @@ class CallWriter:
             pl.lit(out.audio_sha256).alias("audio_sha256"), pl.lit(key).alias("score_key"),
             pl.lit(self.now).alias("scored_at"), pl.lit(SCHEMA_VERSION).alias("schema_version"), *lit,
             pl.lit(None, pl.Datetime("us", "UTC")).alias("last_error_at"), pl.lit(None, pl.Utf8).alias("last_error"))
-        if self.metadata_columns:  # every call of the night gets calls.csv's columns (null when not listed)
-            row = {k: None for k in self.metadata_columns} | (meta or {}) | {"call_id": cid}
-            calls_df = join_metadata(calls_df, [row])
+        calls_df = join_metadata(calls_df, [(meta or {}) | {"call_id": cid}])
         files = [self.store.write("timeseries", date, name, out.timeseries.with_columns(*lit))]
         crash_point("between_tables")
         files.append(self.store.write("events", date, name, out.events.with_columns(*lit)))
@@ -529,11 +527,16 @@ def _run_in_store(store: Store, source: CallSource, scorer: Scorer, engine: Engi
         on_start(len(calls))
     manifest = Manifest(store, summary.run_id)
     writer = CallWriter(store, summary.run_id, scorer.model_id, scorer.model.sha256, now,
-                        scorer.options.result_hash(), metadata.columns if metadata else ())
+                        scorer.options.result_hash())
     dates = Dates(meta, manifest, today)
     recorder = NightRecorder(manifest, writer, dates, summary, on_call)
     jobs = [_job(c, dates(c.call_id), manifest, force, meta.get(c.call_id)) for c in calls]
     try:
+        upgraded = upgrade_store(store)
+        if upgraded:
+            log.info("upgraded %d file(s) of %s to schema version %d (one schema per table; calls.csv columns "
+                     "in calls.metadata)",
+                     upgraded, store.root, SCHEMA_VERSION, extra={**run, "stage": "write"})
         for err in discovery_errors:
             recorder.failed(err)
         for result in engine.run(jobs, writer):

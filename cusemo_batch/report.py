@@ -22,8 +22,8 @@ speakers (all, or only ``speaker``) has a problem flag; flagged calls are ranked
 negative stretch. Only the first ``top`` get a figure (a huge night stays small); the table lists all.
 
 Reading is lazy and touches only the partitions asked for: each date folder is scanned on its own
-(``calls.csv`` columns may differ from one night to the next, so one glob over every night would
-impose the first file's metadata columns on all), and the timeseries of only the plotted calls is
+(a night's files share one schema, but a store written before schema version 3 may still hold
+nights with ``calls.csv`` columns of their own until the next ``score`` run upgrades it), and the timeseries of only the plotted calls is
 read. matplotlib draws without pyplot (no global backend state; PNG would go through Agg).
 """
 
@@ -39,12 +39,12 @@ import polars as pl
 
 from .report_data import (CALL_KEY, DEFAULT_TOP, GOOD_FLAGS, MAX_EVENT_ROWS, PROBLEM_FLAGS, TABLES, Night,
                           ReportError, decimate, default_night, error_groups, flag_rates, load_night, load_timeseries,
-                          metadata_columns, partition_dates, rank_calls, silence_runs, speaker_order, summary)
+                          partition_dates, rank_calls, silence_runs, speaker_order, summary)
 from .report_figures import call_figure, mmss, trend_figure
 
 # Names tests and callers reach through cusemo_batch.report (the data shaping lives in report_data).
 __all__ = ["build", "render", "ReportError", "PROBLEM_FLAGS", "GOOD_FLAGS", "DEFAULT_TOP", "TABLES", "rank_calls",
-           "flag_rates", "silence_runs", "decimate", "error_groups", "metadata_columns"]
+           "flag_rates", "silence_runs", "decimate", "error_groups"]
 
 
 # --------------------------------------------------------------------------------------------- HTML

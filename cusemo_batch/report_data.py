@@ -13,6 +13,7 @@ from typing import Iterable, Sequence
 import numpy as np
 import polars as pl
 
+from .metadata import expand_metadata
 from .schema import TABLES
 
 PROBLEM_FLAGS = ("valence_drop", "arousal_spike", "negative_end", "sustained_negative")
@@ -55,14 +56,14 @@ def partition_dates(out: Path, table: str, rows_only: bool = False) -> list[dt.d
 def scan(out: Path, table: str, dates: Iterable[dt.date]) -> pl.LazyFrame:
     """Lazy frame of ``table`` over the given date partitions only, with the ``date`` column.
 
-    One scan per date folder, concatenated diagonally: nights may carry different ``calls.csv``
-    columns, and a single glob would take its schema from whichever file comes first.
+    One scan per date folder, concatenated diagonally: only the partitions asked for are touched,
+    and a night written by an older version (schema < 3, before the next ``score`` upgrades it)
+    cannot impose its columns on the others.
     """
     parts = []
     for day in sorted(set(dates)):
         files = sorted((out / table / f"date={day.isoformat()}").glob("*.parquet"))
-        # the zero-row placeholder lacks the metadata columns; beside real files (a run that died
-        # before tidying up) it would set the schema of the scan
+        # a zero-row placeholder beside real files (a run that died before tidying up) adds nothing
         files = [f for f in files if f.stem != "_empty"] or files
         if files:
             parts.append(pl.scan_parquet([str(f) for f in files], hive_partitioning=False,
@@ -80,14 +81,6 @@ def default_night(out: Path) -> dt.date:
     if not days:
         raise ReportError(f"{out}: no scored calls and no runs yet (is it the --out of cusemo-batch score?)")
     return days[-1]
-
-
-def metadata_columns(columns: Sequence[str]) -> list[str]:
-    """``calls.csv`` columns of the calls table: those after ``call_date`` that the schema does not declare."""
-    declared = {c.name for c in TABLES["calls"]} | {"date"}
-    names = list(columns)
-    start = names.index("call_date") + 1 if "call_date" in names else 0
-    return [c for c in names[start:] if c not in declared]
 
 
 @dataclass
@@ -115,7 +108,7 @@ class Night:
 def load_night(out: Path, first: dt.date, last: dt.date) -> Night:
     """Read calls, events, errors and runs of ``first`` .. ``last`` (inclusive)."""
     days = [first + dt.timedelta(days=i) for i in range((last - first).days + 1)]
-    calls = scan(out, "calls", days).collect()
+    calls, meta_cols = expand_metadata(scan(out, "calls", days).collect(), reserved=("date",))
     events = scan(out, "events", days).collect()
     in_range = scan(out, "errors", days).collect()
     run_ids = set(calls["run_id"].drop_nulls()) | set(in_range["run_id"].drop_nulls())
@@ -128,7 +121,7 @@ def load_night(out: Path, first: dt.date, last: dt.date) -> Night:
     later = [d for d in partition_dates(out, "errors") if d > last and runs.height and d <= runs["date"].max()]
     errors = pl.concat([in_range, scan(out, "errors", later).filter(pl.col("run_id").is_in(sorted(run_ids)))
                         .collect()], how="diagonal_relaxed") if later else in_range
-    return Night(out, first, last, calls, events, errors, runs, metadata_columns(calls.columns))
+    return Night(out, first, last, calls, events, errors, runs, meta_cols)
 
 
 def load_timeseries(out: Path, keys: pl.DataFrame) -> pl.DataFrame:

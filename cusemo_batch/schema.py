@@ -1,8 +1,8 @@
 """The output tables' columns: name, type, unit and meaning -- one definition for the writer and the docs.
 
 Every file the store writes goes through :func:`conform`, so every file of a table has the declared
-columns in the declared order with the declared types (extra columns -- auxiliary model heads in
-``timeseries``, ``calls.csv`` metadata in ``calls`` -- follow them), and ``docs/schema.md`` is
+columns in the declared order with the declared types (the only extra columns: auxiliary model
+heads in ``timeseries``; ``calls.csv`` metadata is one JSON column of ``calls``), and ``docs/schema.md`` is
 generated from :data:`TABLES` by :func:`markdown` (a test checks the checked-in file is current), so
 the reference cannot drift from what is written.
 
@@ -17,7 +17,8 @@ from dataclasses import dataclass
 
 import polars as pl
 
-SCHEMA_VERSION = 2  # 2: calls.last_error_at / last_error / call_date (Date), runs.device_note
+SCHEMA_VERSION = 3  # 2: calls.last_error_at / last_error / call_date (Date), runs.device_note;
+# 3: calls.csv columns in one JSON column `metadata` (one schema for every file of `calls`)
 
 
 @dataclass(frozen=True)
@@ -99,6 +100,10 @@ TABLES: dict[str, tuple[Column, ...]] = {
                "null, or when a later run failed on this call: these rows are its last good result"),
         Column("last_error", pl.Utf8, "", "that failure: `stage: error: message` (details in `errors`)"),
         Column("call_date", pl.Date, "date", "the `date` column of calls.csv (null when absent or not a date)"),
+        Column("metadata", pl.Utf8, "JSON",
+               "the call's other calls.csv / --manifest columns as a JSON object of text values, keys sorted; "
+               "`{}` when not listed. DuckDB: `metadata->>'queue'`; polars: "
+               "`pl.col('metadata').str.json_path_match('$.queue')`"),
     ),
     "events": (
         Column("call_id", pl.Utf8, "", "call id"),
@@ -186,7 +191,9 @@ def conform(table: str, df: pl.DataFrame) -> pl.DataFrame:
     extra = [c for c in have if c not in declared]
     exprs = []
     for name, dtype in declared.items():
-        if name in have:
+        if name in have and have[name] == pl.Utf8 and dtype == pl.Date:  # schema 1 stored dates as text
+            exprs.append(pl.col(name).str.slice(0, 10).str.to_date("%Y-%m-%d", strict=False))
+        elif name in have:
             exprs.append(pl.col(name).cast(dtype, strict=have[name] != pl.Utf8 or dtype == pl.Utf8))
         else:
             exprs.append(pl.lit(None, dtype).alias(name))
@@ -208,9 +215,10 @@ def markdown() -> str:
            "holds one zero-row `_empty.parquet` with the full schema, so these queries never fail.", "",
            "Times ending in `_s` are seconds of original call time (from the start of the recording,",
            "before silence compression) unless noted. Valence and arousal are on the annotation scale",
-           "[-1, 1]. Extra columns: auxiliary model heads follow `arousal` in `timeseries`; the other",
-           "`calls.csv` columns follow `call_date` in `calls` (as text; a name that clashes with ours gets",
-           "the prefix `meta_`).", ""]
+           "[-1, 1]. Every file of a table has the table's columns; the one exception is a model with",
+           "auxiliary heads, whose outputs follow `arousal` in `timeseries`. `calls.csv` columns live in",
+           "`calls.metadata` (JSON) because they differ between nights. Stores written before schema",
+           "version 3 are upgraded by the next `score` run.", ""]
     for table, cols in TABLES.items():
         out += [f"## `{table}`", "", "| column | type | unit | meaning |", "|---|---|---|---|"]
         for c in (*cols, PARTITION):

@@ -21,6 +21,7 @@ from __future__ import annotations
 import datetime as dt
 import fcntl
 import hashlib
+import io
 import os
 import re
 from dataclasses import dataclass
@@ -70,6 +71,14 @@ def _cause(e: BaseException) -> str:
         if os.strerror(code).lower() in str(e).lower():
             return os.strerror(code)
     return text[:200]
+
+
+def _parquet_bytes(df: pl.DataFrame, **options) -> bytes:
+    """Serialise in memory, then write with plain file I/O: on a full disk the Parquet writer only
+    says "Invalid thrift: transport error", a Python write says "No space left on device"."""
+    buf = io.BytesIO()
+    df.write_parquet(buf, **options)
+    return buf.getvalue()
 
 
 def call_key(call_id: str) -> str:
@@ -168,8 +177,9 @@ class Store:
         path = self.table_path(table, date, name)
         df = schema.conform(table, df)
         try:
+            data = _parquet_bytes(df, compression="zstd", statistics=True)
             with atomic_path(path) as tmp:
-                df.write_parquet(tmp, compression="zstd", statistics=True)
+                tmp.write_bytes(data)
         except (OSError, pl.exceptions.PolarsError) as e:
             raise StoreWriteError(f"{self.root}: cannot write {table} ({_cause(e)})") from None
         return str(path.relative_to(self.root))
@@ -227,8 +237,9 @@ class Store:
 
     def write_manifest(self, df: pl.DataFrame) -> None:
         try:
+            data = _parquet_bytes(df.select(list(MANIFEST_SCHEMA)).cast(MANIFEST_SCHEMA).sort("call_id"))
             with atomic_path(self.manifest_path) as tmp:
-                df.select(list(MANIFEST_SCHEMA)).cast(MANIFEST_SCHEMA).sort("call_id").write_parquet(tmp)
+                tmp.write_bytes(data)
         except (OSError, pl.exceptions.PolarsError) as e:
             raise StoreWriteError(f"{self.root}: cannot write the manifest ({_cause(e)})") from None
 

@@ -161,6 +161,57 @@ def test_date_change_crash_and_lost_manifest_leave_one_partition(tmp_path, plumb
             assert [p.parent.name for p in (out / table).rglob("negative_end-*.parquet")] == ["date=2026-11-21"]
 
 
+def test_calls_csv_columns_changing_between_nights_keep_one_schema(tmp_path, plumbing_onnx):
+    """Night 1 lists ``queue``, night 2 ``agent_id`` and a call calls.csv does not list: every
+    ``calls`` file has one schema, so DuckDB's ``select *`` over the glob works and the metadata
+    is queryable from the JSON column."""
+    calls, out = demo(tmp_path / "calls", names=("negative_end",), csv=False), tmp_path / "out"
+    (calls / "calls.csv").write_text("call_id,date,queue\nnegative_end,2026-11-20,billing\n")
+    assert cli("score", calls, "--out", out, "--model", plumbing_onnx).returncode == 0
+    copy_demo_calls(calls, ("steady", "recovery"))
+    (calls / "calls.csv").write_text("call_id,date,agent_id\nsteady,2026-11-21,A042\n")
+    assert cli("score", calls, "--out", out, "--model", plumbing_onnx).returncode == 0
+    schemas = {tuple(pl.read_parquet_schema(f).items()) for f in (out / "calls").rglob("*.parquet")}
+    assert len(schemas) == 1
+    rows = duckdb.sql(
+        f"select distinct call_id, date, call_date, metadata, metadata->>'queue' as queue, "
+        f"metadata->>'agent_id' as agent from read_parquet('{out}/calls/**/*.parquet', hive_partitioning = true) "
+        f"order by call_id").fetchall()
+    assert [(r[0], str(r[1]), r[4], r[5]) for r in rows] == [
+        ("negative_end", "2026-11-20", "billing", None),  # kept its partition and night-1 metadata
+        ("recovery", str(rows[1][1]), None, None), ("steady", "2026-11-21", None, "A042")]
+    assert rows[1][3] == "{}" and rows[1][2] is None
+
+
+def test_a_store_of_schema_2_is_upgraded_in_place(tmp_path, plumbing_onnx):
+    """Files written before schema 3 (calls.csv columns as columns of their own, clashing names
+    prefixed ``meta_``) are rewritten once, numbers untouched, then the glob reads as one table."""
+    calls, out = demo(tmp_path / "calls", names=("negative_end", "steady"), csv=False), tmp_path / "out"
+    (calls / "calls.csv").write_text("call_id,date,queue,speaker\nnegative_end,2026-11-20,billing,Ann\n")
+    assert cli("score", calls, "--out", out, "--model", plumbing_onnx).returncode == 0
+    current = values(out)["calls"]
+    for f in (out / "calls").rglob("*.parquet"):  # what schema 2 wrote: one column per calls.csv column
+        df = pl.read_parquet(f).with_columns(pl.lit(2, pl.Int32).alias("schema_version"))
+        wide = df["metadata"].str.json_decode(pl.Struct({"queue": pl.Utf8, "speaker": pl.Utf8}))
+        df = df.drop("metadata")
+        if f.name.startswith("negative_end"):  # steady: scored on an earlier night, without calls.csv
+            df = df.with_columns(wide.struct.field("queue"), wide.struct.field("speaker").alias("meta_speaker"))
+        df.write_parquet(f)
+    (out / "_state" / "schema_version").unlink()
+    with pytest.raises(duckdb.Error):  # the failure schema 3 removes
+        duckdb.sql(f"select * from read_parquet('{out}/calls/**/*.parquet')").fetchall()
+    r = cli("score", calls, "--out", out, "--model", plumbing_onnx)
+    assert r.returncode == 0 and "0 scored, 2 skipped" in r.stdout, r.stdout
+    assert "upgraded 2 file(s)" in r.stderr, r.stderr
+    assert (out / "_state" / "schema_version").read_text().strip() == "3"
+    after = values(out)["calls"]
+    assert after.equals(current, null_equal=True)
+    assert set(pl.read_parquet(next((out / "calls").rglob("steady-*.parquet")))["metadata"]) == {"{}"}
+    n = duckdb.sql(f"select count(*) from read_parquet('{out}/calls/**/*.parquet') "
+                   f"where metadata->>'speaker' = 'Ann'").fetchall()
+    assert n == [(current.filter(pl.col("call_id") == "negative_end").height,)]
+
+
 # -- discovery never hangs ---------------------------------------------------------------------
 
 def test_fifo_and_dev_zero_are_never_opened(tmp_path, plumbing_onnx):

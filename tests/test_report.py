@@ -15,6 +15,7 @@ import numpy as np
 import polars as pl
 import pytest
 
+from cusemo_batch.metadata import expand_metadata, join_metadata, metadata_json
 from cusemo_batch import report
 from cusemo_batch.report import PROBLEM_FLAGS, ReportError, build
 
@@ -71,7 +72,7 @@ def write_night(src: Path, dst: Path, n: int, day: dt.date = D24, tile: int = 1,
             c = c.with_columns(pl.lit(False).alias(f) for f in (*PROBLEM_FLAGS, "recovery"))
             e = e.head(0)
         if meta:
-            c = c.with_columns(pl.lit(v, pl.Utf8).alias(k) for k, v in meta.items())
+            c = c.with_columns(pl.lit(metadata_json(meta)).alias("metadata"))
         for table, df in (("calls", c), ("timeseries", t), ("events", e)):
             folder = dst / table / f"date={day}"
             folder.mkdir(parents=True, exist_ok=True)
@@ -319,10 +320,19 @@ def test_decimate_keeps_extremes_and_gaps():
     assert report.decimate(short, short, 300)[1] is not None and len(report.decimate(short, short, 300)[0]) == 10
 
 
-def test_metadata_columns():
-    cols = [c.name for c in report.TABLES["calls"]] + ["queue", "agent_id", "date"]
-    assert report.metadata_columns(cols) == ["queue", "agent_id"]
-    assert report.metadata_columns([c.name for c in report.TABLES["calls"]]) == []
+def test_metadata_json_round_trip():
+    """calls.csv columns stored as one JSON column come back as text columns; clashes get ``meta_``."""
+    calls = pl.DataFrame({"call_id": ["a", "b", "c"], "speaker": ["client"] * 3})
+    rows = [{"call_id": "a", "date": "2026-11-24", "queue": "billing", "speaker": "x", "note": "é \"q\""},
+            {"call_id": "b", "queue": "sales"}]
+    joined = join_metadata(calls, rows)
+    assert joined.columns == ["call_id", "speaker", "call_date", "metadata"]
+    assert joined["call_date"].to_list() == [D24, None, None]
+    assert joined["metadata"].to_list()[2] == "{}"
+    wide, names = expand_metadata(joined, reserved=("date",))
+    assert names == ["note", "queue", "meta_speaker"]  # in the order of the keys
+    assert wide["queue"].to_list() == ["billing", "sales", None]
+    assert wide["note"].to_list() == ['é "q"', None, None] and wide["meta_speaker"].to_list() == ["x", None, None]
 
 
 def test_rank_calls_orders_by_flags_then_event():

@@ -44,7 +44,7 @@ def test_every_layout_scored_into_hive_partitioned_parquet(scored):
                    ("negative_end", "client", "mono")}
     # partitions from calls.csv dates; metadata joined
     assert set(calls["date"].cast(pl.Utf8)) == {"2026-11-24", "2026-11-25"}
-    assert calls.filter(pl.col("call_id") == "steady")["queue"].to_list() == ["sales", "sales"]
+    assert calls.filter(pl.col("call_id") == "steady")["metadata"].str.json_path_match("$.queue").to_list() == ["sales"] * 2
     # metadata date, renamed from the partition key, typed DATE
     assert set(calls["call_date"].cast(pl.Utf8)) == {"2026-11-24", "2026-11-25"} and calls["call_date"].dtype == pl.Date
     for col in ("run_id", "model_id", "model_sha256", "audio_sha256", "valence_mean", "arousal_p10",
