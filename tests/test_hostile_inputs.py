@@ -323,3 +323,15 @@ def test_score_writes_nothing_outside_out(tmp_path, plumbing_onnx):
     assert r.returncode == 0, r.stderr
     assert not list(home.rglob("*")), list(home.rglob("*"))
     assert not list(tmp.iterdir())  # the private cache is removed at exit
+    # a run killed with SIGKILL cannot clean up; the next run removes what it left (and only that)
+    other = tmp / f"cusemo-ort-{os.getpid()}-alive"  # a live process's folder stays
+    other.mkdir()
+    r = subprocess.run([sys.executable, "-m", "cusemo_batch", "score", str(EXAMPLES), "--out", str(tmp_path / "o2"),
+                        "--model", str(plumbing_onnx)], capture_output=True, env=env | {"CUSEMO_CRASH_AT": "after_call:1"},
+                       timeout=300)
+    assert r.returncode == -signal.SIGKILL
+    assert len(list(tmp.glob("cusemo-ort-*"))) == 2
+    r = subprocess.run([sys.executable, "-m", "cusemo_batch", "score", str(EXAMPLES), "--out", str(tmp_path / "o2"),
+                        "--model", str(plumbing_onnx)], capture_output=True, text=True, env=env, timeout=300)
+    assert r.returncode == 0, r.stderr
+    assert list(tmp.iterdir()) == [other] and not list(home.rglob("*"))

@@ -35,7 +35,9 @@ def _private_ort_cache() -> None:
     environment, whatever ``disable_telemetry_events()`` says (measured with onnxruntime 1.31). A
     nightly job should write under OUT and nowhere else, so ``score`` points both variables at a
     temporary folder that is removed when the process exits (only this process and its children
-    see them; Python's own ``tempfile`` keeps the folder it already chose).
+    see them; Python's own ``tempfile`` keeps the folder it already chose). A run killed with
+    SIGKILL cannot remove its folder; the folder's name carries the pid, and the next ``score``
+    removes the folders of processes that no longer exist.
     """
     import atexit
     import os
@@ -44,9 +46,30 @@ def _private_ort_cache() -> None:
 
     if "onnxruntime" in sys.modules:  # too late: its environment already exists
         return
-    tmp = tempfile.mkdtemp(prefix="cusemo-ort-")
+    base = Path(tempfile.gettempdir())
+    for stale in base.glob(f"{_ORT_PREFIX}*-*"):
+        pid = stale.name[len(_ORT_PREFIX):].split("-", 1)[0]
+        if pid.isdigit() and not stale.is_symlink() and stale.is_dir() \
+                and stale.stat().st_uid == os.getuid() and not _alive(int(pid)):
+            shutil.rmtree(stale, ignore_errors=True)
+    tmp = tempfile.mkdtemp(prefix=f"{_ORT_PREFIX}{os.getpid()}-")
     os.environ["XDG_CACHE_HOME"] = os.environ["TMPDIR"] = tmp
     atexit.register(shutil.rmtree, tmp, True)
+
+
+_ORT_PREFIX = "cusemo-ort-"
+
+
+def _alive(pid: int) -> bool:
+    import os
+
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # exists, someone else's
+        return True
+    return True
 
 
 def _pairs(text: str, flag: str) -> dict[str, str]:
