@@ -6,6 +6,7 @@ Real files (a FIFO, a chmod 000 folder under setpriv, a full tmpfs in a user nam
 import os
 import shutil
 import signal
+import socket
 import subprocess
 import sys
 from pathlib import Path
@@ -218,15 +219,22 @@ def test_fifo_and_dev_zero_are_never_opened(tmp_path, plumbing_onnx):
     calls = demo(tmp_path / "calls", names=("negative_end",), csv=False)
     os.mkfifo(calls / "y.wav")
     os.symlink("/dev/zero", calls / "zero.wav")
-    r = cli("score", calls, "--out", tmp_path / "out", "--model", plumbing_onnx, timeout=120)
-    assert r.returncode == 1, r.stderr
-    errors = read(tmp_path / "out", "errors").sort("call_id")
-    assert errors["call_id"].to_list() == ["y", "zero"]
-    assert set(errors["error"]) == {"SymlinkOutside", "NotARegularFile"}
-    r = cli("score", calls, "--out", tmp_path / "out2", "--model", plumbing_onnx, "--follow-symlinks", timeout=120)
+    sock = socket.socket(socket.AF_UNIX)  # a listening socket: open() would fail, not hang, but never try
+    sock.bind(str(calls / "s.flac"))
+    sock.listen()
+    try:
+        r = cli("score", calls, "--out", tmp_path / "out", "--model", plumbing_onnx, timeout=120)
+        assert r.returncode == 1, r.stderr
+        errors = read(tmp_path / "out", "errors").sort("call_id")
+        assert errors["call_id"].to_list() == ["s", "y", "zero"]
+        assert errors["error"].to_list() == ["NotARegularFile", "NotARegularFile", "SymlinkOutside"]
+        r = cli("score", calls, "--out", tmp_path / "out2", "--model", plumbing_onnx, "--follow-symlinks",
+                timeout=120)
+    finally:
+        sock.close()
     assert r.returncode == 1, r.stderr
     errors = read(tmp_path / "out2", "errors")
-    assert set(errors["error"]) == {"NotARegularFile"} and errors.height == 2
+    assert set(errors["error"]) == {"NotARegularFile"} and errors.height == 3
     assert read(tmp_path / "out2", "calls")["call_id"].unique().to_list() == ["negative_end"]
 
 
