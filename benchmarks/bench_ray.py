@@ -94,7 +94,7 @@ def driver_costs(calls: Path, tmp: Path) -> dict:
     import polars as pl
 
     from cusemo_batch.calls import discover
-    from cusemo_batch.nightly import Manifest
+    from cusemo_batch.manifest import Manifest
     from cusemo_batch.store import MANIFEST_SCHEMA, Store
 
     t = time.perf_counter()
@@ -138,7 +138,7 @@ def estimate(per_call_cpu_s: float, audio_per_call_s: float, fixed_s: float, dri
     rows = []
     for nodes in (1, 2, 4, 8, 16):
         scoring_s = compute_cpu_s / (nodes * cores_per_node)
-        flushes = 1 + scoring_s / max(10.0, 10 * big["flush_s"])  # nightly.Manifest's flush policy
+        flushes = 1 + scoring_s / max(10.0, 10 * big["flush_s"])  # manifest.Manifest's flush policy
         bookkeeping_s = record_s + flushes * big["flush_s"]
         wall = fixed_s + big["load_s"] + discovery_s + max(scoring_s, bookkeeping_s)
         rows.append({"nodes": nodes, "cores": nodes * cores_per_node, "scoring_s": scoring_s,

@@ -2,10 +2,10 @@
 
 The driver (:func:`cusemo_batch.nightly.run_nightly`, on the machine that runs the command) keeps
 discovery, the lock, the manifest, the error rows and the runs row. The calls travel as small
-descriptors (:class:`~cusemo_batch.nightly.CallJob`: paths, partition, the key of the stored rows
+descriptors (:class:`~cusemo_batch.engine.CallJob`: paths, partition, the key of the stored rows
 -- never audio bytes) into a Ray Data ``map_batches`` over an actor pool: each actor
 (:class:`CallScorer`) holds one :class:`~cusemo_batch.scorer.Scorer` with onnxruntime threads
-matched to its CPU share and runs :func:`~cusemo_batch.nightly.score_jobs` on its batches -- hash,
+matched to its CPU share and runs :func:`~cusemo_batch.engine.score_jobs` on its batches -- hash,
 skip check, decode, infer, analyse, and write the call's files through the same atomic store code
 as the local engine -- and returns one small result per call (written files, error, skipped).
 Ray's own ``write_parquet`` is not used: its file names change per run, and a rerun would then
@@ -41,7 +41,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Iterator
 
-from .nightly import CallJob, CallWriter, EngineFailed, EngineUnavailable, Failed, JobResult, Written, score_jobs
+from .call_writer import CallWriter
+from .engine import CallJob, EngineFailed, EngineUnavailable, Failed, JobResult, Written, score_jobs
 from .scorer import DEFAULT_MODEL, ScoreOptions, Scorer
 from .store import StoreWriteError
 
@@ -160,7 +161,7 @@ def probe(spec: WorkerSpec, paths: list[str]) -> dict:
 
 
 class RayEngine:
-    """Runs :func:`~cusemo_batch.nightly.score_jobs` in a Ray Data actor pool; see the module docstring."""
+    """Runs :func:`~cusemo_batch.engine.score_jobs` in a Ray Data actor pool; see the module docstring."""
 
     name = "ray"
 

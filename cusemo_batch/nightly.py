@@ -20,12 +20,11 @@ Guarantees (tested with real subprocesses killed by SIGKILL):
 Who does what. The *driver* (:func:`run_nightly`, one process) owns everything that is one per
 night: the metadata and the call list, the lock, discovery, the manifest (what is stored, which
 calls can be skipped), the error rows and the runs row. An *engine* turns :class:`CallJob` s
-(a call, its partition and what is stored for it) into results -- :class:`Written` (the call's
-files are in place), :class:`Failed` (a :class:`CallError`), :class:`Skipped` -- by running
-:func:`score_jobs`: hash, skip check, decode, infer, analyse, write the call's files. The
-:class:`LocalEngine` runs it in this process; ``cusemo_batch.engine_ray.RayEngine`` in an actor
-pool on a Ray cluster. Either way the files of a call are written before the driver records
-them (the order crash safety relies on) and the stored rows are the same.
+(a call, its partition and what is stored for it) into results by running
+:func:`~cusemo_batch.engine.score_jobs` (hash, skip check, decode, infer, analyse, write the
+call's files through a :class:`~cusemo_batch.call_writer.CallWriter`); see
+:mod:`cusemo_batch.engine`. The :class:`~cusemo_batch.manifest.Manifest` decides what is skipped
+and records each result after its files are in place.
 """
 
 from __future__ import annotations
@@ -34,40 +33,34 @@ import datetime as dt
 import logging
 import os
 import socket
-import threading
 import time
 import uuid
 from dataclasses import dataclass, field
 from functools import partial
 from pathlib import Path
-from typing import Callable, Iterator, Protocol, Union
+from typing import Callable
 
 import polars as pl
 
 from . import __version__
-from .calls import Call, CallError, CallMetadata, discover, read_metadata
+from .call_writer import CallWriter
+from .calls import Call, CallError, discover
+from .engine import CallJob, Engine, EngineFailed, EngineUnavailable, JobResult, LocalEngine, Skipped, Written
 from .files import crash_point
-from .scorer import CallOutcome, Scorer, errors_frame, join_metadata
+from .manifest import Manifest
+from .metadata import CallMetadata, read_metadata
 from .schema import SCHEMA_VERSION
+from .scorer import Scorer
+from .store import Store, StoreWriteError, valid_date
 from .store_upgrade import upgrade_store
-from .store import MANIFEST_SCHEMA, Store, StoreWriteError, call_key, valid_date
+
+# Names callers reach through the driver module (the pieces live in engine / manifest / call_writer).
+__all__ = ["run_nightly", "RunSummary", "CallSource", "NightRecorder", "Dates", "new_run_id", "EngineUnavailable",
+           "EngineFailed", "LocalEngine", "EXIT_OK", "EXIT_FAILED", "EXIT_USAGE", "EXIT_LOCKED", "EXIT_NO_CALLS",
+           "EXIT_WRITE", "EXIT_ENGINE"]
 
 EXIT_OK, EXIT_FAILED, EXIT_USAGE, EXIT_LOCKED, EXIT_NO_CALLS, EXIT_WRITE, EXIT_ENGINE = 0, 1, 2, 3, 4, 5, 6
-MANIFEST_FLUSH_S = 10.0
-# A manifest flush never takes more than this share of the night: with a large manifest (every call
-# ever scored) a rewrite every MANIFEST_FLUSH_S would otherwise become most of the driver's work.
-MANIFEST_FLUSH_SHARE = 0.1
 log = logging.getLogger(__name__)  # fields run_id / call_id / stage in `extra` (cusemo_batch.oplog)
-
-
-class EngineUnavailable(Exception):
-    """The engine cannot start (cluster unreachable, workers cannot load the model): exit code 2,
-    decided before OUT is touched."""
-
-
-class EngineFailed(Exception):
-    """The engine failed mid-run (the cluster was lost, workers kept dying): exit code 6. What was
-    written is whole and recorded; the next run completes the night to the same rows."""
 
 
 @dataclass
@@ -106,285 +99,6 @@ class RunSummary:
 def new_run_id(now: dt.datetime) -> str:
     return now.strftime("%Y%m%dT%H%M%SZ") + "-" + uuid.uuid4().hex[:6]
 
-
-def score_key(audio_sha256: str, model_sha256: str, options_hash: str) -> str:
-    """The manifest key of a result: audio bytes, model and result-changing options."""
-    return f"{audio_sha256[:32]}:{model_sha256[:16]}:{options_hash}"
-
-
-# --------------------------------------------------------------------------------- jobs, results
-@dataclass(frozen=True)
-class CallJob:
-    """One call as the driver hands it to an engine (picklable: it may travel to a worker).
-
-    ``current_key`` / ``current_files``: the call's stored good rows when they are in ``date``'s
-    partition ("" / () when there are none, the last attempt failed, or ``--force``).
-    ``meta``: the call's row of the metadata (``calls.csv`` or the ``--manifest`` columns).
-    """
-
-    call: Call
-    date: str
-    current_key: str = ""
-    current_files: tuple[str, ...] = ()
-    meta: dict[str, str] | None = None
-
-    def is_current(self, key: str, root: Path) -> bool:
-        """True when the stored good rows come from exactly this key and are all still there.
-
-        The existence check (a stat per file) catches rows deleted behind the store's back -- a
-        partition removed by hand, a restore from an older backup: they are rescored, not trusted.
-        """
-        return bool(self.current_key) and key == self.current_key and all(
-            (root / f).is_file() for f in self.current_files)
-
-
-@dataclass(frozen=True)
-class Written:
-    """A call scored and its files written (paths relative to OUT; ``calls`` last)."""
-
-    call_id: str
-    key: str
-    date: str
-    files: tuple[str, ...]
-    audio_s: float
-    speakers: int
-    worker: str = ""  # host:pid of the process that wrote the files
-
-
-@dataclass(frozen=True)
-class Failed:
-    """A call that could not be scored: one error row (written by the driver)."""
-
-    error: CallError
-    audio_sha256: str = ""
-    audio_s: float = 0.0
-
-
-@dataclass(frozen=True)
-class Skipped:
-    """A call unchanged since its last good result."""
-
-    call_id: str
-    audio_s: float = 0.0
-
-
-JobResult = Union[Written, Failed, Skipped]
-
-
-class Engine(Protocol):
-    """Runs :func:`score_jobs` somewhere and yields one result per job, in any order."""
-
-    name: str
-
-    def start(self, scorer: Scorer, source: Path, out: Path) -> None:
-        """Checks before OUT is touched (raise :class:`EngineUnavailable`, exit 2).
-
-        ``source``: CALLS or the call list; ``out``: OUT (which may not exist yet)."""
-
-    def run(self, jobs: list[CallJob], writer: "CallWriter") -> Iterator[JobResult]:
-        """Raise :class:`EngineFailed` when the engine itself fails; StoreWriteError when OUT cannot be written."""
-
-    def providers(self) -> tuple[str, str]:
-        """onnxruntime providers in use and a device note, for the runs table."""
-
-    def close(self) -> None: ...
-
-
-# ------------------------------------------------------------------------------ manifest, writer
-class Manifest:
-    """What the store holds for every call it ever scored: one row per call (``MANIFEST_SCHEMA``).
-
-    ``key`` and ``status`` describe the last attempt; ``ok_key`` / ``ok_files`` the good rows that
-    are kept until a new success replaces them; ``files`` is everything the call owns (good rows and
-    a current error row). Lives in the driver; every access holds the lock. The file is rewritten
-    at most every ``flush_s`` (rewriting a manifest of every call ever scored after each call would
-    cost O(calls x history) a night), and never more than ``MANIFEST_FLUSH_SHARE`` of the time, and
-    at the end; a kill in between only means the next run rescores those calls, to the same rows.
-    """
-
-    def __init__(self, store: Store, run_id: str, flush_s: float = MANIFEST_FLUSH_S) -> None:
-        self.store, self.run_id, self.flush_s = store, run_id, flush_s
-        self._rows = {r["call_id"]: r for r in store.read_manifest().iter_rows(named=True)}
-        self._lock = threading.Lock()
-        self._flushed = time.monotonic()
-        self._flush_cost = 0.0
-
-    def current(self, call_id: str, date: str) -> tuple[str, tuple[str, ...]]:
-        """Key and files of the call's good rows when its last attempt succeeded in ``date``'s partition."""
-        with self._lock:
-            prev = self._rows.get(call_id)
-            if prev is None or prev["status"] != "ok" or prev["date"] != date:
-                return "", ()
-            return prev["key"], tuple(prev["files"])
-
-    def date_of(self, call_id: str) -> str | None:
-        """The partition the call's rows are in (None for a call never stored)."""
-        with self._lock:
-            prev = self._rows.get(call_id)
-            return prev["date"] if prev and prev["date"] else None
-
-    def ok_files(self, call_id: str) -> list[str]:
-        with self._lock:
-            prev = self._rows.get(call_id)
-            return list(prev["ok_files"] or []) if prev else []
-
-    def record_ok(self, call_id: str, key: str, date: str, files: list[str]) -> None:
-        """A new good result: it replaces everything the call owned before (old partition, error row)."""
-        self._record(call_id, {"status": "ok", "key": key, "date": date, "files": files,
-                               "ok_key": key, "ok_files": files})
-
-    def record_error(self, call_id: str, key: str, date: str, error_file: str) -> None:
-        """A failure: the call's good rows (if any) stay; the error row is added."""
-        with self._lock:
-            prev = self._rows.get(call_id) or {}
-        ok_files = [f for f in (prev.get("ok_files") or []) if f != error_file]
-        self._record(call_id, {"status": "error", "key": key, "date": date, "files": [*ok_files, error_file],
-                               "ok_key": prev.get("ok_key") or "", "ok_files": ok_files})
-
-    def _record(self, call_id: str, row: dict) -> None:
-        with self._lock:
-            prev = self._rows.get(call_id)
-            self._rows[call_id] = {"call_id": call_id, **row, "run_id": self.run_id}
-        if prev:  # outputs of the previous state that the new state does not own
-            self.store.remove([f for f in prev["files"] if f not in row["files"]])
-        since = time.monotonic() - self._flushed
-        if since >= self.flush_s and since * MANIFEST_FLUSH_SHARE >= self._flush_cost:
-            self.flush()
-
-    def flush(self) -> None:
-        t0 = time.monotonic()
-        with self._lock:
-            df = pl.DataFrame(list(self._rows.values()), schema=MANIFEST_SCHEMA)
-        self.store.write_manifest(df)
-        crash_point("after_manifest")
-        self._flushed = time.monotonic()
-        self._flush_cost = self._flushed - t0
-
-
-@dataclass
-class CallWriter:
-    """Writes one call's tables (or its error row) with the columns every row of a run shares.
-
-    Picklable without its lock (:meth:`for_worker`): the Ray engine's workers write through it.
-    """
-
-    store: Store
-    run_id: str
-    model_id: str
-    model_sha256: str
-    now: dt.datetime
-    options_hash: str
-
-    def key(self, audio_sha256: str) -> str:
-        return score_key(audio_sha256, self.model_sha256, self.options_hash)
-
-    def for_worker(self) -> "CallWriter":
-        """A copy for another process: OUT as an absolute path, no lock (the driver holds it)."""
-        return CallWriter(Store(self.store.root.absolute()), self.run_id, self.model_id, self.model_sha256,
-                          self.now, self.options_hash)
-
-    def _run_columns(self) -> list[pl.Expr]:
-        return [pl.lit(self.run_id).alias("run_id"), pl.lit(self.model_id).alias("model_id"),
-                pl.lit(self.model_sha256).alias("model_sha256")]
-
-    def write_ok(self, out: CallOutcome, key: str, date: str, meta: dict[str, str] | None = None) -> list[str]:
-        """timeseries, events, then calls (written last: its presence marks the call complete)."""
-        cid, name, lit = out.call.call_id, call_key(out.call.call_id), self._run_columns()
-        calls_df = out.summary.with_columns(
-            pl.lit(out.audio_sha256).alias("audio_sha256"), pl.lit(key).alias("score_key"),
-            pl.lit(self.now).alias("scored_at"), pl.lit(SCHEMA_VERSION).alias("schema_version"), *lit,
-            pl.lit(None, pl.Datetime("us", "UTC")).alias("last_error_at"), pl.lit(None, pl.Utf8).alias("last_error"))
-        calls_df = join_metadata(calls_df, [(meta or {}) | {"call_id": cid}])
-        files = [self.store.write("timeseries", date, name, out.timeseries.with_columns(*lit))]
-        crash_point("between_tables")
-        files.append(self.store.write("events", date, name, out.events.with_columns(*lit)))
-        files.append(self.store.write("calls", date, name, calls_df))
-        # an error row of this call left by a run killed before its manifest write would outlive
-        # the success otherwise (the manifest never listed it)
-        self.store.remove([str(self.store.table_path("errors", date, name).relative_to(self.store.root))])
-        return files
-
-    def write_error(self, err: CallError, key: str, date: str) -> str:
-        df = errors_frame([err]).with_columns(
-            pl.lit(key).alias("score_key"), pl.lit(self.now).alias("occurred_at"), *self._run_columns())
-        return self.store.write("errors", date, call_key(err.call_id), df)
-
-    def mark_failed(self, ok_files: list[str], err: CallError) -> None:
-        """Stamp the kept good rows of a call that failed this run (an analyst can tell them apart)."""
-        for rel in ok_files:
-            parts = Path(rel).parts
-            if parts[0] != "calls":
-                continue
-            path = self.store.root / rel
-            try:
-                df = pl.read_parquet(path)
-            except Exception:  # gone or unreadable: nothing to stamp, the error row still tells
-                continue
-            df = df.with_columns(pl.lit(self.now).alias("last_error_at"),
-                                 pl.lit(f"{err.stage}: {err.error}: {err.message}").alias("last_error"))
-            self.store.write("calls", parts[1].removeprefix("date="), path.stem, df)
-
-
-# ------------------------------------------------------------------------ the per-call work
-class SkipCheck:
-    """``skip(call, audio_sha256)`` for :meth:`Scorer.iter_outcomes`: read-only, so the decode
-    thread may call it while the caller writes."""
-
-    def __init__(self, jobs: list[CallJob], writer: CallWriter) -> None:
-        self._jobs = {j.call.call_id: j for j in jobs}
-        self._writer = writer
-
-    def __call__(self, call: Call, audio_sha256: str) -> bool:
-        job = self._jobs[call.call_id]
-        return job.is_current(self._writer.key(audio_sha256), self._writer.store.root)
-
-
-def score_jobs(scorer: Scorer, jobs: list[CallJob], writer: CallWriter, worker: str = "") -> Iterator[JobResult]:
-    """Hash, skip check, decode, infer, analyse and write each job's call; one result per job.
-
-    The work both engines run (local: in the driver process; Ray: in each worker, on its share of
-    the calls). A good call's files are written before its :class:`Written` is yielded; errors are
-    returned, not written (the driver writes error rows: it also stamps the kept good rows).
-    Skipped jobs are reported after the others. StoreWriteError propagates (OUT cannot be written).
-    """
-    by_id = {j.call.call_id: j for j in jobs}
-    done: set[str] = set()
-    for out in scorer.iter_outcomes([j.call for j in jobs], skip=SkipCheck(jobs, writer)):
-        cid = out.call.call_id
-        done.add(cid)
-        if not out.ok:
-            yield Failed(out.error, out.audio_sha256)
-            continue
-        job = by_id[cid]
-        key = writer.key(out.audio_sha256)
-        files = writer.write_ok(out, key, job.date, job.meta)
-        yield Written(cid, key, job.date, tuple(files), out.audio_s, out.summary.height, worker)
-    for j in jobs:
-        if j.call.call_id not in done:
-            yield Skipped(j.call.call_id)
-
-
-class LocalEngine:
-    """This process: one scorer, decoding in a thread while onnxruntime runs (the default)."""
-
-    name = "local"
-
-    def __init__(self) -> None:
-        self._scorer: Scorer | None = None
-
-    def start(self, scorer: Scorer, source: Path, out: Path) -> None:
-        self._scorer = scorer
-
-    def run(self, jobs: list[CallJob], writer: CallWriter) -> Iterator[JobResult]:
-        assert self._scorer is not None, "start() first"
-        yield from score_jobs(self._scorer, jobs, writer)
-
-    def providers(self) -> tuple[str, str]:
-        assert self._scorer is not None, "start() first"
-        return ",".join(self._scorer.model.providers), self._scorer.model.device_note
-
-    def close(self) -> None:
-        pass
 
 
 # ---------------------------------------------------------------------------------- the driver

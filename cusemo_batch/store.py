@@ -37,7 +37,7 @@ EMPTY = "_empty"  # stem of the zero-row placeholder of a table that has no rows
 _DATE = re.compile(r"^[0-9]{4}-[0-9]{2}-[0-9]{2}$")
 
 # One row per call: ``status``/``key`` of the last attempt, ``files`` everything the call owns;
-# ``ok_key``/``ok_files`` the good rows kept until a new success replaces them (see nightly.Manifest).
+# ``ok_key``/``ok_files`` the good rows kept until a new success replaces them (see manifest.Manifest).
 MANIFEST_SCHEMA = {
     "call_id": pl.Utf8, "status": pl.Utf8, "key": pl.Utf8, "date": pl.Utf8,
     "files": pl.List(pl.Utf8), "run_id": pl.Utf8, "ok_key": pl.Utf8, "ok_files": pl.List(pl.Utf8),

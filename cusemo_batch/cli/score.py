@@ -89,7 +89,7 @@ def _names(text: str) -> tuple[str, ...]:
 def _engine(engine: str, address: str | None, workers: int | None, cpus_per_worker: float, gpus_per_worker: float,
             device: str, threads: int | None):
     """The local engine, or a Ray engine (imported only here: the local path never imports Ray)."""
-    from cusemo_batch.nightly import LocalEngine
+    from cusemo_batch.engine import LocalEngine
 
     if engine == "local":
         return LocalEngine()
