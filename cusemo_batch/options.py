@@ -20,8 +20,8 @@ class ScoreOptions:
 
     rate_s: float = 0.5  # output window (the annotation rate)
     compress_silence: bool = True
-    min_silence_s: float = 3.0
-    keep_silence_s: float = 1.0
+    min_silence_s: float = silence.MIN_SILENCE_S
+    keep_silence_s: float = silence.KEEP_SILENCE_S
     discovery: DiscoveryOptions = field(default_factory=DiscoveryOptions)
     change_config: changes.ChangeConfig = field(default_factory=changes.ChangeConfig)
     chunk_s: float = DEFAULT_CHUNK_S  # audio per batch row per streaming step (see below)

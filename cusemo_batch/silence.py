@@ -49,6 +49,10 @@ ENERGY_FLOOR_DB = -120.0  # energy of digital silence (avoids log(0))
 # Version of detect_speech's decisions; part of the scorer's result hash, so stored results made
 # with other decisions are rescored. 2: the threshold's floor became relative (range_db).
 VAD_VERSION = 2
+# The paper's silence rule, the one default for training, scoring and curation: a silence longer
+# than MIN_SILENCE_S becomes KEEP_SILENCE_S of it (what the model saw in training, so scoring too).
+MIN_SILENCE_S = 3.0
+KEEP_SILENCE_S = 1.0
 _BLOCK = 8192  # frames per block in frame_energy_db
 
 
@@ -336,8 +340,8 @@ class TimeMap:
 def compress_silence(
     x: np.ndarray,
     sample_rate: int,
-    min_silence_s: float = 3.0,
-    keep_s: float = 1.0,
+    min_silence_s: float = MIN_SILENCE_S,
+    keep_s: float = KEEP_SILENCE_S,
     speech: np.ndarray | None = None,
 ) -> tuple[np.ndarray, TimeMap]:
     """Replace every silence longer than ``min_silence_s`` by ``keep_s`` of it (the paper: 3 s -> 1 s).

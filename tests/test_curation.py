@@ -353,46 +353,6 @@ def test_compress_silence_keeps_the_sides_of_a_call_aligned(ravdess_dir, tmp_pat
     assert any(r.n_cuts > 1 for r in independent)  # each side alone would lose the other's turns
 
 
-def test_f0_ranking_puts_varied_pitch_above_monotone(ravdess_dir, tmp_path):
-    import opensmile
-
-    from cusemo_batch.curation.f0 import F0_FUNCTIONAL_CV, F0Stats, f0_frames, make_smile, rank_f0
-
-    # same actor and sentence: angry/normal (lively contour) vs sad/strong (flat, monotone)
-    varied = load_audio(ravdess_dir / "audio" / "03-01-05-01-01-01-01.flac", 16000)
-    mono = load_audio(ravdess_dir / "audio" / "03-01-04-02-01-01-01.flac", 16000)
-    calls = tmp_path / "calls"
-    calls.mkdir()
-    sf.write(calls / "varied.flac", load_audio(ravdess_dir / "audio" / "03-01-05-01-01-01-01.flac", SR), SR)
-    sf.write(calls / "monotone.flac", load_audio(ravdess_dir / "audio" / "03-01-04-02-01-01-01.flac", SR), SR)
-    # mono + RTTM: the two utterances in one file, one RTTM speaker each
-    mix = np.concatenate([load_audio(calls / "varied.flac", SR), load_audio(calls / "monotone.flac", SR)])
-    sf.write(calls / "mix.flac", mix, SR)
-    d = sf.info(str(calls / "varied.flac")).duration
-    (calls / "mix.rttm").write_text(
-        f"SPEAKER mix 1 0.000 {d:.3f} <NA> <NA> LIVELY <NA> <NA>\n"
-        f"SPEAKER mix 1 {d:.3f} {sf.info(str(calls / 'monotone.flac')).duration:.3f} <NA> <NA> FLAT <NA> <NA>\n")
-    ranking, errors = rank_f0(calls)
-    assert errors.height == 0
-    order = list(zip(ranking["call_id"], ranking["speaker"]))
-    assert order.index(("varied", "client")) < order.index(("monotone", "client"))
-    assert order.index(("mix", "LIVELY")) < order.index(("mix", "FLAT"))
-    sd = dict(zip(order, ranking["f0_sd_st"]))
-    assert sd[("varied", "client")] > 2 * sd[("monotone", "client")]
-    assert sd[("mix", "LIVELY")] == pytest.approx(sd[("varied", "client")], rel=0.15)
-    assert ranking["rank"].to_list() == list(range(1, 5))
-
-    # the CV we derive from the LLDs is eGEMAPS' own functional (openSMILE computes it independently)
-    fun = opensmile.Smile(feature_set=opensmile.FeatureSet.eGeMAPSv02, feature_level=opensmile.FeatureLevel.Functionals)
-    smile = make_smile("lld")
-    for x in (varied, mono):
-        f0, _, hop = f0_frames(x, 16000, smile)
-        st = F0Stats.from_frames(f0, hop)
-        ref = fun.process_signal(x, 16000)
-        assert st.cv == pytest.approx(float(ref[F0_FUNCTIONAL_CV].iloc[0]), rel=2e-3)
-        assert st.mean_st == pytest.approx(float(ref["F0semitoneFrom27.5Hz_sma3nz_amean"].iloc[0]), rel=1e-4)
-
-
 # -------------------------------------------------------------------------------------------- CLI
 def test_prepare_commands_end_to_end(tiny_corpus, tmp_path):
     runner = CliRunner()

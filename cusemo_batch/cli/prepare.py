@@ -254,28 +254,34 @@ def compress_silence_cmd(src: Path, dst: Path, min_silence: float, keep: float, 
 @click.option("--speaker-name", default="client", show_default=True, help="Speaker of mono files without RTTM.")
 @click.option("--speakers", default="", help="Roles to rank, e.g. client (default: every speaker found).")
 @click.option("--follow-symlinks", is_flag=True, help="Follow symlinks that point outside CALLS.")
+@click.option("--tracker", type=click.Choice(["pyin", "opensmile"]), default="pyin", show_default=True,
+              help="F0 tracker: pyin (librosa, ISC licence) or opensmile (eGEMAPS, the paper's; research "
+                   "licence, no commercial use; needs the opensmile extra).")
 @user_errors(ValueError, OSError, ImportError)
 def rank_f0_cmd(calls_dir: Path, out: Path, min_voiced: float, top: int, layout: str, channels: str, roles: str,
-                speaker_name: str, speakers: str, follow_symlinks: bool) -> None:
-    """Rank calls by F0 variability (eGEMAPS, openSMILE) to choose varied calls to annotate.
+                speaker_name: str, speakers: str, follow_symlinks: bool, tracker: str) -> None:
+    """Rank calls by F0 variability to choose varied calls to annotate.
 
-    Ranking key f0_sd_st = standard deviation of F0 in semitones over voiced frames (eGEMAPSv02 LLD
-    F0semitoneFrom27.5Hz_sma3nz); f0_cv = eGEMAPS' stddevNorm (sd / mean) is reported too.
+    Ranking key f0_sd_st = standard deviation of F0 in semitones re 27.5 Hz over voiced frames;
+    f0_cv = sd / mean (eGEMAPS' stddevNorm) is reported too. The default tracker is pYIN (librosa)
+    because openSMILE's licence forbids commercial use; --tracker opensmile gives the paper's eGEMAPS
+    measure (the two rank call-length tracks alike: docs/training.md, Choosing calls to annotate).
     """
     from cusemo_batch.calls import DiscoveryOptions
-    from cusemo_batch.curation.f0 import rank_f0
+    from cusemo_batch.curation.f0 import make_tracker, rank_f0
     from cusemo_batch.files import atomic_path
 
     opts = DiscoveryOptions(layout=layout, channels=_names(channels), speaker_name=speaker_name,
                             roles=_pairs(roles, "--roles"), speakers=_names(speakers),
                             follow_symlinks=follow_symlinks)
-    with progress("eGEMAPS F0", None) as advance:
-        ranking, errors = rank_f0(calls_dir, opts, min_voiced_s=min_voiced, progress=advance)
+    trk = make_tracker(tracker)  # before the progress bar: a missing package is a user error, not a crash
+    with progress(f"F0 ({tracker})", None) as advance:
+        ranking, errors = rank_f0(calls_dir, opts, min_voiced_s=min_voiced, progress=advance, tracker=trk)
     with atomic_path(out) as tmp:
         ranking.write_parquet(tmp)
     shown = ranking.head(top)
     if shown.height:
-        _table(f"F0 variability, most varied first ({ranking.height} speaker tracks"
+        _table(f"F0 variability ({tracker}), most varied first ({ranking.height} speaker tracks"
                f"{', top ' + str(top) if ranking.height > top else ''})",
                ["rank", "call", "speaker", "F0 sd (st)", "F0 CV", "mean (st)", "voiced s"],
                [[r["rank"], r["call_id"], r["speaker"], r["f0_sd_st"], r["f0_cv"], r["f0_mean_st"], r["voiced_s"]]

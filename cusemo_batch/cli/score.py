@@ -8,7 +8,13 @@ from pathlib import Path
 
 import click
 
+from cusemo_batch.calls import LAYOUTS, DiscoveryOptions
+from cusemo_batch.options import ScoreOptions
+
 from .common import UserError, console, err_console
+
+# The options' defaults live in their dataclasses; the flags show and use the same values.
+_OPTS, _DISC = ScoreOptions(), DiscoveryOptions()
 
 EXIT_HELP = """
 \b
@@ -122,28 +128,30 @@ def _engine(engine: str, address: str | None, workers: int | None, cpus_per_work
 @click.option("--device", type=click.Choice(["auto", "cpu", "cuda"]), default="auto", show_default=True,
               help="auto = CUDA when onnxruntime can use it, else CPU.")
 @click.option("--threads", type=click.IntRange(min=1), help="onnxruntime intra-op threads (default: all cores).")
-@click.option("--batch-seconds", type=click.FloatRange(min=1), default=1800, show_default=True,
+@click.option("--batch-seconds", type=click.FloatRange(min=1), default=_OPTS.batch_seconds, show_default=True,
               help="Audio seconds (padded) per inference batch; bounds memory.")
-@click.option("--rate", type=click.FloatRange(min=0.05), default=0.5, show_default=True,
+@click.option("--rate", type=click.FloatRange(min=0.05), default=_OPTS.rate_s, show_default=True,
               help="Timeseries window in seconds (0.5 = the annotation rate).")
-@click.option("--layout", type=click.Choice(["auto", "stereo", "per-speaker", "rttm", "mono"]), default="auto",
+@click.option("--layout", type=click.Choice(LAYOUTS), default=_DISC.layout,
               show_default=True, help="Force one layout instead of detecting it per call.")
-@click.option("--channels", default="agent,client", show_default=True, help="Speaker of each channel of stereo files.")
+@click.option("--channels", default=",".join(_DISC.channels), show_default=True,
+              help="Speaker of each channel of stereo files.")
 @click.option("--roles", default="", help="RTTM label to role, e.g. SPEAKER_00=agent,SPEAKER_01=client.")
-@click.option("--speaker-name", default="client", show_default=True, help="Speaker of mono files without RTTM.")
+@click.option("--speaker-name", default=_DISC.speaker_name, show_default=True,
+              help="Speaker of mono files without RTTM.")
 @click.option("--speakers", default="", help="Roles to score, e.g. client (default: every speaker found).")
 @click.option("--config", "config_path", type=click.Path(exists=True, dir_okay=False, path_type=Path),
               help="TOML with change-detection thresholds (see cusemo_batch/config/changes.toml).")
-@click.option("--compress-silence/--no-compress-silence", default=True, show_default=True,
+@click.option("--compress-silence/--no-compress-silence", default=_OPTS.compress_silence, show_default=True,
               help="Compress silences as in training (> --min-silence s -> --keep-silence s).")
-@click.option("--min-silence", type=click.FloatRange(min=0.1), default=3.0, show_default=True)
-@click.option("--keep-silence", type=click.FloatRange(min=0.0), default=1.0, show_default=True)
+@click.option("--min-silence", type=click.FloatRange(min=0.1), default=_OPTS.min_silence_s, show_default=True)
+@click.option("--keep-silence", type=click.FloatRange(min=0.0), default=_OPTS.keep_silence_s, show_default=True)
 @click.option("--force", is_flag=True, help="Rescore calls even when unchanged since the last run.")
 @click.option("--follow-symlinks", is_flag=True, help="Follow symlinks that point outside CALLS.")
 @click.option("--strict-roles", is_flag=True,
               help="An RTTM label that no --roles entry maps makes its call an error (default: a warning, "
                    "and the speaker keeps the label as its name).")
-@click.option("--min-speech", type=click.FloatRange(min=0.0), default=1.0, show_default=True,
+@click.option("--min-speech", type=click.FloatRange(min=0.0), default=_OPTS.min_speech_s, show_default=True,
               help="Seconds of detected speech a speaker needs; less is an error row (TooShortError).")
 @click.option("--log-format", type=click.Choice(["text", "json"]), default="text", show_default=True,
               help="text: timestamped lines when not on a terminal; json: one object per line "
@@ -172,10 +180,10 @@ def score(calls_dir: Path | None, out: Path, call_list: Path | None, engine: str
     import logging
 
     from cusemo_batch import changes, oplog
-    from cusemo_batch.calls import DiscoveryOptions, MetadataError
+    from cusemo_batch.calls import MetadataError
     from cusemo_batch.model import ModelError
     from cusemo_batch.nightly import EngineFailed, EngineUnavailable, run_nightly
-    from cusemo_batch.scorer import ScoreOptions, Scorer
+    from cusemo_batch.scorer import Scorer
     from cusemo_batch.store import LockedError, StoreError, StoreWriteError
     from rich.markup import escape
 

@@ -30,6 +30,7 @@ import numpy as np
 import soundfile as sf
 
 from cusemo_batch import silence
+from cusemo_batch.silence import KEEP_SILENCE_S, MIN_SILENCE_S
 from cusemo_batch.audio import AUDIO_SUFFIXES, AudioError, load_audio
 from cusemo_batch.files import atomic_path, atomic_write_text
 
@@ -87,7 +88,7 @@ def _read_channels(path: Path) -> tuple[list[np.ndarray], int, str]:
     return chans, sr, info.subtype
 
 
-def compress_files(sources: list[Path], outputs: list[Path], min_silence_s: float = 3.0, keep_s: float = 1.0,
+def compress_files(sources: list[Path], outputs: list[Path], min_silence_s: float = MIN_SILENCE_S, keep_s: float = KEEP_SILENCE_S,
                    map_format: str = "parquet", rttm: Path | None = None) -> list[Compressed]:
     """Compress ``sources`` (the files of one call) with their joint speech mask into ``outputs``."""
     if map_format not in MAP_FORMATS:
@@ -138,7 +139,7 @@ def remap_rttm(rttm: Path, tmap: silence.TimeMap, out: Path, file_id: str) -> No
     atomic_write_text(out, "\n".join(lines) + ("\n" if lines else ""))
 
 
-def compress_path(src: str | Path, dst: str | Path, min_silence_s: float = 3.0, keep_s: float = 1.0,
+def compress_path(src: str | Path, dst: str | Path, min_silence_s: float = MIN_SILENCE_S, keep_s: float = KEEP_SILENCE_S,
                   joint: bool = True, map_format: str = "parquet",
                   progress: Callable[[int], None] = lambda n=1: None) -> tuple[list[Compressed], list[dict]]:
     """Compress one file (``dst`` a file or a folder) or a whole CALLS folder into ``dst``.
