@@ -22,6 +22,7 @@ from cusemo_batch.audio import NORMALISATIONS
 from cusemo_batch.tomlconfig import TomlConfigError, dataclass_from, read_toml
 
 from .augment import AugmentConfig
+from .labels import GOLD_METHODS
 from .model_config import ModelConfig
 
 PAPER_SEEDS = (42, 24, 12, 10, 100, 125)
@@ -152,8 +153,8 @@ def from_dict(d: dict[str, Any]) -> Config:
 
 def validate(cfg: Config) -> None:
     d, t = cfg.data, cfg.train
-    if d.gold not in ("mean", "median", "single"):
-        raise ConfigError(f"[data] gold must be mean, median or single, not {d.gold!r}")
+    if d.gold not in GOLD_METHODS:
+        raise ConfigError(f"[data] gold must be one of {', '.join(GOLD_METHODS)}, not {d.gold!r}")
     if d.gold == "single" and not d.gold_annotator:
         raise ConfigError("[data] gold = 'single' needs gold_annotator")
     if d.normalisation not in NORMALISATIONS:

@@ -18,7 +18,10 @@ from cusemo_batch.timegrid import resample_track
 
 from .corpus import CorpusCall
 
-GOLD_METHODS = ("mean", "median", "single")
+# Gold standards that combine every annotator (what curation exports and selects on), and all of
+# them: + ``single``, one named annotator's trace (the training experiments on rater choice).
+CONSENSUS_METHODS = ("mean", "median")
+GOLD_METHODS = (*CONSENSUS_METHODS, "single")
 
 
 @dataclass

@@ -24,10 +24,11 @@ from pathlib import Path
 import numpy as np
 import polars as pl
 
+from cusemo_batch.training.labels import CONSENSUS_METHODS
+
 from .agreement import corpus_agreement
 
 SELECT_DIMENSIONS = ("valence", "arousal", "both")
-GOLD_METHODS = ("mean", "median")
 
 
 @dataclass(frozen=True)
@@ -40,8 +41,8 @@ class SelectionRule:
     def __post_init__(self) -> None:
         if self.dimension not in SELECT_DIMENSIONS:
             raise ValueError(f"unknown dimension {self.dimension!r}; expected one of {SELECT_DIMENSIONS}")
-        if self.gold not in GOLD_METHODS:
-            raise ValueError(f"unknown gold method {self.gold!r}; expected one of {GOLD_METHODS}")
+        if self.gold not in CONSENSUS_METHODS:
+            raise ValueError(f"unknown gold method {self.gold!r}; expected one of {CONSENSUS_METHODS}")
         if not -1.0 <= self.min_icc <= 1.0:
             raise ValueError(f"min_icc must lie in [-1, 1], got {self.min_icc}")
 
