@@ -37,26 +37,14 @@ from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO / "benchmarks"))
+sys.path.insert(0, str(REPO / "scripts"))
+import loopback_netns  # noqa: E402
 
-LAUNCHER = """
-import fcntl, socket, struct, subprocess, sys
-s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
-flags = struct.unpack("16sH", fcntl.ioctl(s, 0x8913, struct.pack("16sH", b"lo", 0)))[1]
-fcntl.ioctl(s, 0x8914, struct.pack("16sH", b"lo", flags | 1))
-s.close()
-rc = subprocess.call(sys.argv[1:])
-sys.exit(128 - rc if rc < 0 else rc)
-"""
-UNSHARE = ("unshare", "--user", "--map-root-user", "--net", "--pid", "--fork", "--mount", "--mount-proc",
-           "--kill-child")
 RAY_FLAGS = ["--engine", "ray", "--workers", "2", "--cpus-per-worker", "1"]
 
 
 def namespace_prefix() -> list[str]:
-    if shutil.which("unshare") is None:
-        return []
-    r = subprocess.run([*UNSHARE, sys.executable, "-c", LAUNCHER, "true"], capture_output=True, timeout=60)
-    return [*UNSHARE, sys.executable, "-c", LAUNCHER] if r.returncode == 0 else []
+    return [] if loopback_netns.unavailable() else loopback_netns.prefix()
 
 
 def timed(cmd: list[str], expect: int) -> float:

@@ -35,33 +35,13 @@ REPO = Path(__file__).resolve().parents[1]
 EXAMPLES = REPO / "examples" / "calls"
 ROLES = "SPEAKER_00=agent,SPEAKER_01=client"
 RAY = ("--engine", "ray", "--workers", "2", "--cpus-per-worker", "1")
-
-# Namespace init: bring loopback up (a new network namespace starts with it down), run the command
-# as a child, exit with its status (128 + signal when it was killed, like a shell).
-LAUNCHER = """
-import fcntl, socket, struct, subprocess, sys
-s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
-flags = struct.unpack("16sH", fcntl.ioctl(s, 0x8913, struct.pack("16sH", b"lo", 0)))[1]
-fcntl.ioctl(s, 0x8914, struct.pack("16sH", b"lo", flags | 1))
-s.close()
-rc = subprocess.call(sys.argv[1:])
-sys.exit(128 - rc if rc < 0 else rc)
-"""
-UNSHARE = ("unshare", "--user", "--map-root-user", "--net", "--pid", "--fork", "--mount", "--mount-proc",
-           "--kill-child")
-
-
-def _namespaces_work() -> str:
-    if shutil.which("unshare") is None:
-        return "unshare (util-linux) not found"
-    r = subprocess.run([*UNSHARE, sys.executable, "-c", LAUNCHER, "true"], capture_output=True, text=True,
-                       timeout=60)
-    return "" if r.returncode == 0 else f"unshare -rnpfm does not work here: {r.stderr.strip()[:200]}"
+sys.path.insert(0, str(REPO / "scripts"))
+import loopback_netns  # noqa: E402  (scripts/: shared with benchmarks/bench_ray.py)
 
 
 @pytest.fixture(scope="module", autouse=True)
 def isolated_network():
-    why = _namespaces_work()
+    why = loopback_netns.unavailable()
     if why:
         if os.environ.get("CI"):
             pytest.fail(f"{why}: the Ray tests must run in a loopback-only network namespace")
@@ -77,7 +57,7 @@ def cli(*args, env: dict | None = None, ray: bool = False, timeout: float = 300)
     """``cusemo-batch ARGS``; with ``ray``, inside the namespaces (exit 137 when the driver was SIGKILLed)."""
     cmd = [sys.executable, "-m", "cusemo_batch", *map(str, args)]
     if ray:
-        cmd = [*UNSHARE, sys.executable, "-c", LAUNCHER, *cmd]
+        cmd = [*loopback_netns.prefix(), *cmd]
     return subprocess.run(cmd, capture_output=True, text=True, env=_env(env), timeout=timeout)
 
 
@@ -218,7 +198,7 @@ def night32(tmp_path_factory) -> tuple[Path, Path]:
 def test_worker_killed_mid_run_then_rerun_converges(night32, tmp_path):
     root, reference = night32
     out = tmp_path / "out"
-    cmd = [*UNSHARE, sys.executable, "-c", LAUNCHER, sys.executable, "-m", "cusemo_batch", "score", str(root),
+    cmd = [*loopback_netns.prefix(), sys.executable, "-m", "cusemo_batch", "score", str(root),
            "--out", str(out), "--roles", ROLES, *RAY, "--threads", "1"]
     p = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=_env())
     killed = None
@@ -296,7 +276,7 @@ def test_an_existing_cluster_by_address(demo_local, tmp_path):
               f"{subprocess.list2cmdline(score)}")
     env = {"RAY_AUTH_MODE": "token", "RAY_AUTH_TOKEN": os.urandom(32).hex(), "TMPDIR": str(session)}
     try:
-        r = subprocess.run([*UNSHARE, sys.executable, "-c", LAUNCHER, "bash", "-c", script], capture_output=True,
+        r = subprocess.run([*loopback_netns.prefix(), "bash", "-c", script], capture_output=True,
                            text=True, env=_env(env), timeout=300)
     finally:
         shutil.rmtree(session, ignore_errors=True)
@@ -315,7 +295,7 @@ def test_full_disk_on_a_worker_is_exit_5_and_nothing_is_written_outside_out(demo
     script = (f"mount -t tmpfs -o size=96k tmpfs {out} && {subprocess.list2cmdline(score)}; rc=$?; "
               f"cp -a {out}/. {copy}/; exit $rc")
     env = {"HOME": str(home), "TMPDIR": str(tmp)}
-    r = subprocess.run([*UNSHARE, sys.executable, "-c", LAUNCHER, "bash", "-c", script], capture_output=True,
+    r = subprocess.run([*loopback_netns.prefix(), "bash", "-c", script], capture_output=True,
                        text=True, env={k: v for k, v in _env(env).items() if k != "XDG_CACHE_HOME"}, timeout=300)
     assert r.returncode == 5, (r.returncode, r.stderr[-3000:])
     errors = [x for x in r.stderr.splitlines() if x.startswith("error:")]
