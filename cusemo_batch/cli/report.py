@@ -7,6 +7,8 @@ from pathlib import Path
 
 import click
 
+from cusemo_batch.report_data import DEFAULT_TOP
+
 from .common import UserError, console
 
 _DATE = click.DateTime(formats=["%Y-%m-%d"])
@@ -26,7 +28,7 @@ Examples:
 @click.option("--to", "date_to", type=_DATE, help="Last date of a range (inclusive).")
 @click.option("--speaker", help="Only this speaker's flags and events flag and rank a call, e.g. client "
               "(figures still show every speaker).")
-@click.option("--top", type=click.IntRange(min=0), default=50, show_default=True,
+@click.option("--top", type=click.IntRange(min=0), default=DEFAULT_TOP, show_default=True,
               help="Figures for the N most severe flagged calls (the table lists all).")
 @click.option("--output", "-o", type=click.Path(dir_okay=False, path_type=Path),
               help="HTML file to write. Default: report-DATE.html (report-FROM_TO.html) here.")
