@@ -28,6 +28,7 @@ if TYPE_CHECKING:  # pragma: no cover - for type checkers and IDEs only
     from .calls import DiscoveryOptions
     from .changes import ChangeConfig
     from .model import Model, ModelError
+    from .engine import Engine
     from .nightly import RunSummary
     from .scorer import Result, ScoreOptions, Scorer
 
@@ -126,13 +127,17 @@ def score_files(files: Iterable[str | Path], *, model: "str | Path | Model | Non
     return _scorer(model, device, threads, options, option_kwargs).score_files(files)
 
 
-def score_nightly(calls_dir: str | Path, out: str | Path, *, model: "str | Path | Model | None" = None,
+def score_nightly(calls_dir: str | Path | None, out: str | Path, *, model: "str | Path | Model | None" = None,
                   device: str = "auto", threads: int | None = None, force: bool = False,
+                  call_list: str | Path | None = None, engine: "Engine | None" = None,
                   options: "ScoreOptions | None" = None, **option_kwargs: Any) -> "RunSummary":
     """The nightly job (``cusemo-batch score``) as a function: score into the Parquet store at ``out``.
 
     Skips unchanged calls, never loses good rows, writes atomically, holds ``out``'s lock; see
     :mod:`cusemo_batch.nightly`. Returns the run's summary (``exit_code`` is what the CLI exits with).
+    ``call_list``: score the calls listed in a CSV / Parquet / JSONL file (``--manifest``) instead
+    of walking ``calls_dir`` (then None). ``engine``: where the per-call work runs -- this process
+    (default) or ``cusemo_batch.engine_ray.RayEngine(RaySettings(...))`` (``--engine ray``).
 
     Examples
     --------
@@ -142,4 +147,5 @@ def score_nightly(calls_dir: str | Path, out: str | Path, *, model: "str | Path 
     """
     from .nightly import run_nightly
 
-    return run_nightly(calls_dir, out, _scorer(model, device, threads, options, option_kwargs), force=force)
+    return run_nightly(calls_dir, out, _scorer(model, device, threads, options, option_kwargs), force=force,
+                       call_list=call_list, engine=engine)

@@ -406,7 +406,7 @@ class Scorer:
             else:
                 errs.append(out.error)
         calls_df = pl.concat(summaries, how="diagonal_relaxed") if summaries else pl.DataFrame()
-        if meta_rows and calls_df.height:
+        if calls_df.height:  # the stored table's columns: call_date, metadata (`{}` when not listed)
             calls_df = join_metadata(calls_df, meta_rows)
         return Result(
             pl.concat(ts, how="diagonal_relaxed") if ts else pl.DataFrame(),

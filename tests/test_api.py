@@ -6,6 +6,7 @@ import subprocess
 import sys
 from pathlib import Path
 
+import polars as pl
 import pytest
 
 import cusemo_batch as cb
@@ -51,6 +52,18 @@ def test_score_files_matches_score_folder_for_the_same_call(tmp_path):
     b = cb.score_folder(single, device="cpu")
     assert a.timeseries.equals(b.timeseries) and a.calls.equals(b.calls)
     assert a.errors["error"].to_list() == ["MissingFile"]
+
+
+def test_score_nightly_takes_a_call_list_and_an_engine(tmp_path):
+    from cusemo_batch.engine import LocalEngine
+
+    listing = tmp_path / "list.csv"
+    listing.write_text(f"call_id,files,queue\nneg,{REPO / 'examples' / 'calls' / 'negative_end.flac'},support\n")
+    s = cb.score_nightly(None, tmp_path / "out", call_list=listing, engine=LocalEngine(), device="cpu")
+    assert (s.scored, s.failed, s.exit_code) == (1, 0, 0)
+    calls = pl.read_parquet(tmp_path / "out" / "calls" / "**" / "*.parquet")
+    assert set(calls["metadata"]) == {'{"queue": "support"}'}
+    assert cb.score_files([REPO / "examples" / "calls" / "negative_end.flac"]).calls["metadata"].to_list() == ["{}"]
 
 
 def _readme_snippets() -> list[str]:
