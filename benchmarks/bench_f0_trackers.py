@@ -24,8 +24,8 @@ correlation (rank-f0 does not rank them either).
 Trackers (``--trackers``; ``opensmile`` is always run, it is the reference)
 -------------------------------------------------------------------------------
 * ``opensmile``: the product's ``OpenSmileTracker`` (eGEMAPSv02 LLD ``F0semitoneFrom27.5Hz_sma3nz``).
-* ``pyin``: the product's default ``PyinTracker`` (librosa.pyin, 65-600 Hz, 64 ms frames, 10 ms hop,
-  0.25-st bins); ``pyin-fine``: the same with librosa's default 0.1-st bins.
+* ``pyin``: the product's default ``PyinTracker`` (librosa.pyin, 75-500 Hz, 64 ms frames, 10 ms hop,
+  0.25-st bins); ``pyin-wide``: the same over 65-600 Hz; ``pyin-fine``: librosa's default 0.1-st bins.
 * ``harvest``, ``dio``: pyworld (WORLD) Harvest, and DIO refined by StoneMask, 65-600 Hz, 10 ms.
 
 Every permissive tracker is run once without smoothing; its stats are reported raw and after the
@@ -78,6 +78,18 @@ def load_track(files, sr: int) -> np.ndarray:
 
 
 # ---------------------------------------------------------------------------------------- trackers
+def smooth_voiced(f0_st: np.ndarray) -> np.ndarray:
+    """openSMILE's ``_sma3nz``: each voiced frame becomes the mean of itself and its voiced
+    neighbours; unvoiced frames stay 0. (Measured: it changes no agreement number, so the product
+    does not smooth.)"""
+    f = np.asarray(f0_st, dtype=np.float64)
+    v = (f > 0).astype(np.float64)
+    pad_f, pad_v = np.pad(f * v, 1), np.pad(v, 1)
+    num = pad_f[:-2] + pad_f[1:-1] + pad_f[2:]
+    den = pad_v[:-2] + pad_v[1:-1] + pad_v[2:]
+    return np.where(v > 0, num / np.maximum(den, 1.0), 0.0)
+
+
 def _pyworld():
     """pyworld's compiled module. pyworld 0.3.5's ``__init__`` imports ``pkg_resources``, which
     setuptools >= 81 no longer ships, so ``import pyworld`` fails on a current environment; the
@@ -120,15 +132,17 @@ def make(name: str):
     if name == "opensmile":
         return OpenSmileTracker()
     if name == "pyin":
-        return PyinTracker(smooth=False)
+        return PyinTracker()
+    if name == "pyin-wide":
+        return PyinTracker(fmin=65.0, fmax=600.0)
     if name == "pyin-fine":
-        return PyinTracker(smooth=False, resolution=0.1)
+        return PyinTracker(resolution=0.1)
     if name in ("harvest", "dio"):
         return WorldTracker(name)
     raise SystemExit(f"unknown tracker {name}")
 
 
-PACKAGE = {"opensmile": "opensmile", "pyin": "librosa", "pyin-fine": "librosa", "harvest": "pyworld",
+PACKAGE = {"opensmile": "opensmile", "pyin": "librosa", "pyin-wide": "librosa", "pyin-fine": "librosa", "harvest": "pyworld",
            "dio": "pyworld"}
 
 
@@ -188,8 +202,8 @@ def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0], formatter_class=argparse.RawTextHelpFormatter)
     ap.add_argument("--corpus", type=Path, help="pseudo-call corpus (audio/*.flac, one speaker per file)")
     ap.add_argument("--baved", type=Path, help="BAVED folder (manifest.csv + audio/); one track per speaker")
-    ap.add_argument("--trackers", default="pyin,pyin-fine,harvest,dio",
-                    help="comma-separated, besides opensmile: pyin, pyin-fine, harvest, dio")
+    ap.add_argument("--trackers", default="pyin,pyin-wide,dio",
+                    help="comma-separated, besides opensmile: pyin, pyin-wide, pyin-fine, harvest, dio")
     ap.add_argument("--max-tracks", type=int, default=0, help="per data set, evenly spaced (0 = all)")
     ap.add_argument("--min-voiced", type=float, default=1.0, help="seconds of voiced speech to compare a track")
     ap.add_argument("--cold-jit", action="store_true", help="empty numba cache: warm-up = a fresh install's first call")
@@ -198,7 +212,7 @@ def main(argv=None) -> int:
     if args.cold_jit:
         os.environ["NUMBA_CACHE_DIR"] = tempfile.mkdtemp(prefix="numba-cold-")
     os.environ.setdefault("OMP_NUM_THREADS", "1")
-    from cusemo_batch.curation.f0 import SAMPLE_RATE, smooth_voiced
+    from cusemo_batch.curation.f0 import SAMPLE_RATE
 
     sets = {}
     if args.corpus:

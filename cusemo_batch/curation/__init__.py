@@ -6,9 +6,9 @@
   gold standard (mean of the annotators);
 * :mod:`.compress` -- silence compression of audio files with a time map next to each output
   (the same functions as the scorer: :mod:`cusemo_batch.silence`);
-* :mod:`.f0` -- eGEMAPS (openSMILE) F0 variability per call and speaker, ranked, to choose
-  emotionally varied calls to annotate.
+* :mod:`.f0` -- F0 variability per call and speaker (librosa's pYIN by default; openSMILE's eGEMAPS
+  F0 as an option, research licence only), ranked, to choose emotionally varied calls to annotate.
 
-Nothing here imports torch; openSMILE, krippendorff and matplotlib come with the ``prepare`` extra
-and are imported where they are used.
+Nothing here imports torch; librosa, krippendorff and matplotlib come with the ``prepare`` extra,
+openSMILE with the ``opensmile`` extra, and are imported where they are used.
 """

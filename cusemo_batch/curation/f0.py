@@ -13,13 +13,13 @@ annotation, to favour emotionally varied calls. Which measure, exactly:
 
 Which pitch tracker (``tracker=``):
 
-* ``pyin`` (**default**): probabilistic YIN, ``librosa.pyin`` (ISC licence), 65-600 Hz, 64 ms
-  frames, 10 ms hop, 0.25-semitone pitch bins, then the same 3-frame smoothing over voiced frames
-  as eGEMAPS' ``_sma3nz``. **Why not openSMILE by default:** openSMILE's licence (audEERING
+* ``pyin`` (**default**): probabilistic YIN, ``librosa.pyin`` (ISC licence), 75-500 Hz, 64 ms
+  frames, 10 ms hop, 0.25-semitone pitch bins (librosa's default 0.1 is ~5x slower: the Viterbi
+  over pitch bins dominates). **Why not openSMILE by default:** openSMILE's licence (audEERING
   research licence) does not allow commercial use, and call centres are commercial users.
-  ``benchmarks/bench_f0_trackers.py`` measures how far the two agree on call-length real speech
-  (numbers in docs/training.md, *Choosing calls to annotate*); 0.25-st bins instead of librosa's
-  0.1 make it ~5x faster for the same agreement.
+  ``benchmarks/bench_f0_trackers.py`` measures how far the two rank call-length real speech alike
+  (numbers in docs/training.md, *Curation*); 75 Hz rather than 65 Hz as the floor because pYIN
+  then halves fewer low-voice frames, which inflated their sd.
 * ``opensmile``: the paper's measure, eGEMAPSv02 LLD ``F0semitoneFrom27.5Hz_sma3nz`` (SHS + Viterbi,
   smoothed, 0 = unvoiced); for research use, ``pip install 'cusemo-batch[opensmile]'``.
 
@@ -57,21 +57,6 @@ def hz_to_st(f0_hz: np.ndarray) -> np.ndarray:
     return np.where(ok, 12.0 * np.log2(np.where(ok, f, 27.5) / 27.5), 0.0)
 
 
-def smooth_voiced(f0_st: np.ndarray) -> np.ndarray:
-    """3-frame moving average over voiced frames only (openSMILE's ``_sma3nz``).
-
-    Each voiced frame becomes the mean of itself and its voiced neighbours; unvoiced frames stay 0
-    and do not pull the average down. Frame-to-frame jitter of a tracker otherwise counts as pitch
-    variability.
-    """
-    f = np.asarray(f0_st, dtype=np.float64)
-    v = (f > 0).astype(np.float64)
-    pad_f, pad_v = np.pad(f * v, 1), np.pad(v, 1)
-    num = pad_f[:-2] + pad_f[1:-1] + pad_f[2:]
-    den = pad_v[:-2] + pad_v[1:-1] + pad_v[2:]
-    return np.where(v > 0, num / np.maximum(den, 1.0), 0.0)
-
-
 class F0Tracker(Protocol):
     name: str
 
@@ -83,13 +68,12 @@ class F0Tracker(Protocol):
 class PyinTracker:
     """librosa's pYIN (ISC licence), tuned for speech; see the module docstring for why."""
 
-    fmin: float = 65.0
-    fmax: float = 600.0
+    fmin: float = 75.0  # 65 Hz let pYIN halve low voices (sd inflated by sub-octave frames)
+    fmax: float = 500.0
     frame_s: float = 0.064  # >= 2 periods of fmin, as YIN needs
     hop_s: float = 0.010
-    resolution: float = 0.25  # semitones per pitch bin (librosa's 0.1 is ~5x slower, same ranking)
-    smooth: bool = True
-    chunk_s: float = 30.0
+    resolution: float = 0.25  # semitones per pitch bin (librosa's 0.1 is ~5x slower)
+    chunk_s: float = 30.0  # memory bound, see frames()
     name: str = "pyin"
 
     def frames(self, x: np.ndarray, sample_rate: int) -> tuple[np.ndarray, np.ndarray, float]:
@@ -113,8 +97,6 @@ class PyinTracker:
                                          resolution=self.resolution, center=False)
             parts.append(np.where(voiced, f0, np.nan)[:k])
         st = hz_to_st(np.concatenate(parts))
-        if self.smooth:
-            st = smooth_voiced(st)
         return st, np.arange(n) * (hop / sample_rate), hop / sample_rate
 
 
