@@ -21,9 +21,12 @@ and for window lengths that split frames.
 
 from __future__ import annotations
 
+from typing import TYPE_CHECKING
+
 import numpy as np
-from scipy import sparse
-from scipy.interpolate import CubicSpline
+
+if TYPE_CHECKING:  # scipy is imported where it is used: the CLI and the label modules load this one
+    from scipy import sparse
 
 
 def pooling_matrix(n_frames: int, frame_s: float, bin_s: float, n_bins: int | None = None) -> sparse.csr_matrix:
@@ -59,6 +62,8 @@ def pooling_matrix(n_frames: int, frame_s: float, bin_s: float, n_bins: int | No
     else:
         r = c = np.zeros(0, dtype=int)
         v = np.zeros(0)
+    from scipy import sparse
+
     return sparse.csr_matrix((v, (r, c)), shape=(n_bins, n_frames))
 
 
@@ -93,6 +98,8 @@ def resample_track(values: np.ndarray, bin_s: float, new_bin_s: float, n_new: in
     if np.isclose(bin_s, new_bin_s) and n_new == n:
         return values.copy()
     centres = (np.arange(n) + 0.5) * bin_s
+    from scipy.interpolate import CubicSpline
+
     spline = CubicSpline(centres, values, bc_type="not-a-knot" if n > 3 else "natural")
     t = np.clip(new_centres, centres[0], centres[-1])
     return spline(t)

@@ -73,3 +73,57 @@ def progress(description: str, total: int | None) -> Iterator[Callable[[int], No
                   TimeRemainingColumn(), console=console, transient=True) as bar:
         task = bar.add_task(description, total=total)
         yield lambda n=1: bar.advance(task, n)
+
+
+# ------------------------------------------------------------------------ how calls are found
+def names(text: str) -> tuple[str, ...]:
+    """``"agent, client"`` -> ``("agent", "client")`` (empty items dropped)."""
+    return tuple(s.strip() for s in text.split(",") if s.strip())
+
+
+def role_pairs(text: str, flag: str = "--roles") -> dict[str, str]:
+    """``"SPEAKER_00=agent,SPEAKER_01=client"`` -> a dict; a malformed item is a usage error."""
+    out = {}
+    for item in names(text):
+        if "=" not in item:
+            raise click.BadParameter(f"{item!r} is not LABEL=ROLE", param_hint=flag)
+        k, v = item.split("=", 1)
+        out[k.strip()] = v.strip()
+    return out
+
+
+def discovery_options(verb: str) -> Callable[[F], F]:
+    """The flags that say how calls are laid out (``score``, ``prepare rank-f0``), with the defaults
+    of :class:`~cusemo_batch.calls.DiscoveryOptions`; :func:`discovery_from` turns them back into one."""
+    from cusemo_batch.calls import LAYOUTS, DiscoveryOptions
+
+    d = DiscoveryOptions()
+    flags = [
+        click.option("--layout", type=click.Choice(LAYOUTS), default=d.layout, show_default=True,
+                     help="Force one layout instead of detecting it per call."),
+        click.option("--channels", default=",".join(d.channels), show_default=True,
+                     help="Speaker of each channel of stereo files."),
+        click.option("--roles", default="", help="RTTM label to role, e.g. SPEAKER_00=agent,SPEAKER_01=client."),
+        click.option("--speaker-name", default=d.speaker_name, show_default=True,
+                     help="Speaker of mono files without RTTM."),
+        click.option("--speakers", default="", help=f"Roles to {verb}, e.g. client (default: every speaker found)."),
+        click.option("--follow-symlinks", is_flag=True, help="Follow symlinks that point outside CALLS."),
+    ]
+
+    def apply(f: F) -> F:
+        for flag in reversed(flags):
+            f = flag(f)
+        return f
+
+    return apply
+
+
+def discovery_from(layout: str, channels: str, roles: str, speaker_name: str, speakers: str,
+                   follow_symlinks: bool, **extra):
+    """The :class:`~cusemo_batch.calls.DiscoveryOptions` of :func:`discovery_options`' flags."""
+    from cusemo_batch.calls import DiscoveryOptions
+
+    return DiscoveryOptions(layout=layout, channels=names(channels), speaker_name=speaker_name,
+                            roles=role_pairs(roles), speakers=names(speakers), follow_symlinks=follow_symlinks,
+                            **extra)
+

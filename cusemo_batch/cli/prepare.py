@@ -13,21 +13,14 @@ from typing import Sequence
 
 import click
 
-from .common import console, err_console, progress, user_errors
+from cusemo_batch.curation.f0 import DEFAULT_TRACKER, MIN_VOICED_S, TRACKERS
+from cusemo_batch.curation.select import SELECT_DIMENSIONS, SelectionRule
+from cusemo_batch.silence import KEEP_SILENCE_S, MIN_SILENCE_S
+from cusemo_batch.training.labels import CONSENSUS_METHODS
 
+from .common import console, discovery_from, discovery_options, err_console, progress, user_errors
 
-def _names(text: str) -> tuple[str, ...]:
-    return tuple(s.strip() for s in text.split(",") if s.strip())
-
-
-def _pairs(text: str, flag: str) -> dict[str, str]:
-    out = {}
-    for item in _names(text):
-        if "=" not in item:
-            raise click.BadParameter(f"{item!r} is not LABEL=ROLE", param_hint=flag)
-        k, v = item.split("=", 1)
-        out[k.strip()] = v.strip()
-    return out
+_RULE = SelectionRule()  # the flags' defaults are the rule's
 
 
 def _fmt(v, digits: int = 3) -> str:
@@ -147,13 +140,13 @@ def agreement_cmd(corpus_dir: Path, out: Path, min_annotators: int, plots: bool)
 @click.argument("corpus_dir", metavar="CORPUS", type=click.Path(path_type=Path))
 @click.option("--out", "-o", required=True, type=click.Path(file_okay=False, path_type=Path),
               help="Folder for selected.csv, selection.parquet, selection.json and gold/<call_id>.csv.")
-@click.option("--min-icc", default=0.7, show_default=True, type=click.FloatRange(-1, 1),
+@click.option("--min-icc", default=_RULE.min_icc, show_default=True, type=click.FloatRange(-1, 1),
               help="Keep calls whose ICC(3,1) is strictly greater (the paper: > 0.7).")
-@click.option("--dimension", type=click.Choice(["valence", "arousal", "both"]), default="valence",
+@click.option("--dimension", type=click.Choice(SELECT_DIMENSIONS), default=_RULE.dimension,
               show_default=True, help="Dimension(s) whose ICC must pass.")
-@click.option("--gold", type=click.Choice(["mean", "median"]), default="mean", show_default=True,
+@click.option("--gold", type=click.Choice(CONSENSUS_METHODS), default=_RULE.gold, show_default=True,
               help="Gold standard over the annotators (the paper: mean).")
-@click.option("--role", default="client", show_default=True,
+@click.option("--role", default=_RULE.role, show_default=True,
               help="Keep calls of this role (context.csv `role`); 'any' keeps all roles.")
 @click.option("--min-annotators", default=2, show_default=True, type=click.IntRange(min=2))
 @user_errors(ValueError, OSError)
@@ -193,9 +186,9 @@ def select_cmd(corpus_dir: Path, out: Path, min_icc: float, dimension: str, gold
 @prepare.command("compress-silence")
 @click.argument("src", metavar="IN", type=click.Path(exists=True, path_type=Path))
 @click.argument("dst", metavar="OUT", type=click.Path(path_type=Path))
-@click.option("--min-silence", default=3.0, show_default=True, type=click.FloatRange(min=0.1),
+@click.option("--min-silence", default=MIN_SILENCE_S, show_default=True, type=click.FloatRange(min=0.1),
               help="Silences longer than this (seconds) are compressed.")
-@click.option("--keep", default=1.0, show_default=True, type=click.FloatRange(min=0.0),
+@click.option("--keep", default=KEEP_SILENCE_S, show_default=True, type=click.FloatRange(min=0.0),
               help="Seconds of each long silence kept (half at each end).")
 @click.option("--per-file", is_flag=True,
               help="Compress each file on its own speech (default: the files of one call share one speech mask).")
@@ -244,17 +237,11 @@ def compress_silence_cmd(src: Path, dst: Path, min_silence: float, keep: float, 
 @click.argument("calls_dir", metavar="CALLS", type=click.Path(exists=True, file_okay=False, path_type=Path))
 @click.option("--out", "-o", required=True, type=click.Path(dir_okay=False, path_type=Path),
               help="Parquet file with one ranked row per call and speaker.")
-@click.option("--min-voiced", default=1.0, show_default=True, type=click.FloatRange(min=0),
+@click.option("--min-voiced", default=MIN_VOICED_S, show_default=True, type=click.FloatRange(min=0),
               help="Speakers with less voiced speech (seconds) are listed but not ranked.")
 @click.option("--top", default=20, show_default=True, type=click.IntRange(min=0), help="Rows to print.")
-@click.option("--layout", type=click.Choice(["auto", "stereo", "per-speaker", "rttm", "mono"]), default="auto",
-              show_default=True)
-@click.option("--channels", default="agent,client", show_default=True, help="Speaker of each channel of stereo files.")
-@click.option("--roles", default="", help="RTTM label to role, e.g. SPEAKER_00=agent,SPEAKER_01=client.")
-@click.option("--speaker-name", default="client", show_default=True, help="Speaker of mono files without RTTM.")
-@click.option("--speakers", default="", help="Roles to rank, e.g. client (default: every speaker found).")
-@click.option("--follow-symlinks", is_flag=True, help="Follow symlinks that point outside CALLS.")
-@click.option("--tracker", type=click.Choice(["pyin", "opensmile"]), default="pyin", show_default=True,
+@discovery_options("rank")
+@click.option("--tracker", type=click.Choice(list(TRACKERS)), default=DEFAULT_TRACKER, show_default=True,
               help="F0 tracker: pyin (librosa, ISC licence) or opensmile (eGEMAPS, the paper's; research "
                    "licence, no commercial use; needs the opensmile extra).")
 @user_errors(ValueError, OSError, ImportError)
@@ -265,15 +252,13 @@ def rank_f0_cmd(calls_dir: Path, out: Path, min_voiced: float, top: int, layout:
     Ranking key f0_sd_st = standard deviation of F0 in semitones re 27.5 Hz over voiced frames;
     f0_cv = sd / mean (eGEMAPS' stddevNorm) is reported too. The default tracker is pYIN (librosa)
     because openSMILE's licence forbids commercial use; --tracker opensmile gives the paper's eGEMAPS
-    measure (the two rank call-length tracks alike: docs/training.md, Choosing calls to annotate).
+    measure (on call-length tracks the two rankings agree moderately, Spearman 0.73-0.74: docs/training.md,
+    Choosing calls to annotate).
     """
-    from cusemo_batch.calls import DiscoveryOptions
     from cusemo_batch.curation.f0 import make_tracker, rank_f0
     from cusemo_batch.files import atomic_path
 
-    opts = DiscoveryOptions(layout=layout, channels=_names(channels), speaker_name=speaker_name,
-                            roles=_pairs(roles, "--roles"), speakers=_names(speakers),
-                            follow_symlinks=follow_symlinks)
+    opts = discovery_from(layout, channels, roles, speaker_name, speakers, follow_symlinks)
     trk = make_tracker(tracker)  # before the progress bar: a missing package is a user error, not a crash
     with progress(f"F0 ({tracker})", None) as advance:
         ranking, errors = rank_f0(calls_dir, opts, min_voiced_s=min_voiced, progress=advance, tracker=trk)

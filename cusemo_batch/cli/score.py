@@ -8,13 +8,12 @@ from pathlib import Path
 
 import click
 
-from cusemo_batch.calls import LAYOUTS, DiscoveryOptions
 from cusemo_batch.options import ScoreOptions
 
-from .common import UserError, console, err_console
+from .common import UserError, console, discovery_from, discovery_options, err_console
 
 # The options' defaults live in their dataclasses; the flags show and use the same values.
-_OPTS, _DISC = ScoreOptions(), DiscoveryOptions()
+_OPTS = ScoreOptions()
 
 EXIT_HELP = """
 \b
@@ -78,20 +77,6 @@ def _alive(pid: int) -> bool:
     return True
 
 
-def _pairs(text: str, flag: str) -> dict[str, str]:
-    out = {}
-    for item in filter(None, (s.strip() for s in text.split(","))):
-        if "=" not in item:
-            raise click.BadParameter(f"{item!r} is not LABEL=ROLE", param_hint=flag)
-        k, v = item.split("=", 1)
-        out[k.strip()] = v.strip()
-    return out
-
-
-def _names(text: str) -> tuple[str, ...]:
-    return tuple(s.strip() for s in text.split(",") if s.strip())
-
-
 def _engine(engine: str, address: str | None, workers: int | None, cpus_per_worker: float, gpus_per_worker: float,
             device: str, threads: int | None):
     """The local engine, or a Ray engine (imported only here: the local path never imports Ray)."""
@@ -132,14 +117,7 @@ def _engine(engine: str, address: str | None, workers: int | None, cpus_per_work
               help="Audio seconds (padded) per inference batch; bounds memory.")
 @click.option("--rate", type=click.FloatRange(min=0.05), default=_OPTS.rate_s, show_default=True,
               help="Timeseries window in seconds (0.5 = the annotation rate).")
-@click.option("--layout", type=click.Choice(LAYOUTS), default=_DISC.layout,
-              show_default=True, help="Force one layout instead of detecting it per call.")
-@click.option("--channels", default=",".join(_DISC.channels), show_default=True,
-              help="Speaker of each channel of stereo files.")
-@click.option("--roles", default="", help="RTTM label to role, e.g. SPEAKER_00=agent,SPEAKER_01=client.")
-@click.option("--speaker-name", default=_DISC.speaker_name, show_default=True,
-              help="Speaker of mono files without RTTM.")
-@click.option("--speakers", default="", help="Roles to score, e.g. client (default: every speaker found).")
+@discovery_options("score")
 @click.option("--config", "config_path", type=click.Path(exists=True, dir_okay=False, path_type=Path),
               help="TOML with change-detection thresholds (see cusemo_batch/config/changes.toml).")
 @click.option("--compress-silence/--no-compress-silence", default=_OPTS.compress_silence, show_default=True,
@@ -147,7 +125,6 @@ def _engine(engine: str, address: str | None, workers: int | None, cpus_per_work
 @click.option("--min-silence", type=click.FloatRange(min=0.1), default=_OPTS.min_silence_s, show_default=True)
 @click.option("--keep-silence", type=click.FloatRange(min=0.0), default=_OPTS.keep_silence_s, show_default=True)
 @click.option("--force", is_flag=True, help="Rescore calls even when unchanged since the last run.")
-@click.option("--follow-symlinks", is_flag=True, help="Follow symlinks that point outside CALLS.")
 @click.option("--strict-roles", is_flag=True,
               help="An RTTM label that no --roles entry maps makes its call an error (default: a warning, "
                    "and the speaker keeps the label as its name).")
@@ -197,9 +174,8 @@ def score(calls_dir: Path | None, out: Path, call_list: Path | None, engine: str
         raise UserError(str(e)) from None
     opts = ScoreOptions(
         rate_s=rate, compress_silence=compress_silence, min_silence_s=min_silence, keep_silence_s=keep_silence,
-        discovery=DiscoveryOptions(layout=layout, channels=_names(channels), speaker_name=speaker_name,
-                                   roles=_pairs(roles, "--roles"), speakers=_names(speakers),
-                                   strict_roles=strict_roles, follow_symlinks=follow_symlinks),
+        discovery=discovery_from(layout, channels, roles, speaker_name, speakers, follow_symlinks,
+                                 strict_roles=strict_roles),
         change_config=change_cfg, batch_seconds=batch_seconds, min_speech_s=min_speech)
     try:
         if engine == "ray":  # the driver only checks the model and names it; the workers run it
