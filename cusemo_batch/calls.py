@@ -138,35 +138,40 @@ def _walk(root: Path, follow_symlinks: bool, errors: list[CallError]) -> list[Pa
             if name.startswith("."):
                 continue
             p = d / name
-            if p.is_symlink():
-                try:
-                    os.path.realpath(p, strict=True)
-                except FileNotFoundError:
-                    errors.append(CallError(_stem(p), str(p), "discover", "BrokenSymlink", "symlink target does not exist"))
-                    continue
-                except OSError:  # ELOOP
-                    errors.append(CallError(_stem(p), str(p), "discover", "SymlinkLoop",
-                                            "symlink loop (the link leads back to itself)"))
-                    continue
-                if not follow_symlinks and not _inside(p, root_real):
-                    errors.append(CallError(_stem(p), str(p), "discover", "SymlinkOutside",
-                                            f"symlink points outside CALLS ({_real(p)}); use --follow-symlinks"))
-                    continue
-            try:
-                mode = p.stat().st_mode
-            except OSError as e:
-                errors.append(CallError(_stem(p), str(p), "discover", "UnreadableFile",
-                                        f"cannot stat ({e.strerror or type(e).__name__})"))
+            problem = _file_problem(p, root_real, follow_symlinks)
+            if problem is False:
                 continue
-            if not stat.S_ISREG(mode):
-                if p.suffix.lower() in AUDIO_SUFFIXES or p.suffix.lower() in (".rttm", ".csv", ".parquet"):
-                    kind = ("FIFO" if stat.S_ISFIFO(mode) else "socket" if stat.S_ISSOCK(mode)
-                            else "device" if stat.S_ISCHR(mode) or stat.S_ISBLK(mode) else "special file")
-                    errors.append(CallError(_stem(p), str(p), "discover", "NotARegularFile",
-                                            f"a {kind}, not a file: never opened"))
+            if problem is not None:
+                errors.append(problem)
                 continue
             out.append(p)
     return sorted(out)
+
+
+def _file_problem(p: Path, root_real: Path, follow_symlinks: bool) -> CallError | None | bool:
+    """Why the file ``p`` is not a call candidate: an error row, False to pass over it silently (a
+    special file that does not look like audio), or None when it is a regular file to consider."""
+    if p.is_symlink():
+        try:
+            os.path.realpath(p, strict=True)
+        except FileNotFoundError:
+            return CallError(_stem(p), str(p), "discover", "BrokenSymlink", "symlink target does not exist")
+        except OSError:  # ELOOP
+            return CallError(_stem(p), str(p), "discover", "SymlinkLoop", "symlink loop (the link leads back to itself)")
+        if not follow_symlinks and not _inside(p, root_real):
+            return CallError(_stem(p), str(p), "discover", "SymlinkOutside",
+                             f"symlink points outside CALLS ({_real(p)}); use --follow-symlinks")
+    try:
+        mode = p.stat().st_mode
+    except OSError as e:
+        return CallError(_stem(p), str(p), "discover", "UnreadableFile", f"cannot stat ({e.strerror or type(e).__name__})")
+    if stat.S_ISREG(mode):
+        return None
+    if p.suffix.lower() in AUDIO_SUFFIXES or p.suffix.lower() in (".rttm", ".csv", ".parquet"):
+        kind = ("FIFO" if stat.S_ISFIFO(mode) else "socket" if stat.S_ISSOCK(mode)
+                else "device" if stat.S_ISCHR(mode) or stat.S_ISBLK(mode) else "special file")
+        return CallError(_stem(p), str(p), "discover", "NotARegularFile", f"a {kind}, not a file: never opened")
+    return False
 
 
 def _real(p: Path) -> Path | None:

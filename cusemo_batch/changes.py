@@ -205,6 +205,8 @@ def call_summary(ts: pl.DataFrame, events: pl.DataFrame | None = None,
     return _summarise(p, _detect(p, cfg) if events is None else events, cfg)
 
 
+# Long because it is one polars aggregation: each `calls` column is one expression, listed in the
+# table's column order so the code reads like docs/schema.md.
 def _summarise(p: pl.DataFrame, events: pl.DataFrame, cfg: ChangeConfig) -> pl.DataFrame:
     edge_ms = int(round(cfg.edge_s * 1000))
 
@@ -347,6 +349,8 @@ def _ahead(expr: pl.Expr, window: str) -> pl.Expr:
     return expr.reverse().rolling_sum_by(rev_tau, window, closed="left").fill_null(0.0).reverse().over(KEYS)
 
 
+# ~70 lines on purpose: one pass of the event rule over numpy arrays, read top to bottom (candidate
+# windows, runs, peak, half-maximum span, hold); split, each step would pass the same eight arrays on.
 def _events_1d(g: pl.DataFrame, dim: str, cfg: ChangeConfig) -> list[dict[str, Any]]:
     """Change events of one dimension of one speaker; ``g`` = their usable speech windows in order."""
     diff = g[f"_diff_{dim}"].fill_null(np.nan).to_numpy()

@@ -141,6 +141,8 @@ def _bands(spans: list[tuple[float, float]]):
 _EVENT_LABEL = {"valence_drop": "drop", "valence_rise": "rise", "arousal_spike": "spike", "arousal_drop": "drop"}
 
 
+# ~65 lines: one matplotlib figure drawn in order (axes, silences, traces, events, legend); the
+# pieces share the axes and the colour map, and read best in drawing order.
 def call_figure(ts: pl.DataFrame, events: pl.DataFrame, salt: str) -> str:
     """Valence and arousal of one call over call time, every speaker: raw windows (thin), smoothed
     (thick), compressed silences shaded in the speaker's colour, change events marked and labelled."""

@@ -90,6 +90,8 @@ def _engine(engine: str, address: str | None, workers: int | None, cpus_per_work
                                  gpus_per_worker=gpus_per_worker, device=device, threads=threads))
 
 
+# A click command: its length is the flag list, the options it builds and the exit-code mapping;
+# the work is run_nightly's.
 @click.command(epilog=EXIT_HELP)
 @click.argument("calls_dir", metavar="[CALLS]", required=False,
                 type=click.Path(exists=True, file_okay=False, path_type=Path))
@@ -154,8 +156,6 @@ def score(calls_dir: Path | None, out: Path, call_list: Path | None, engine: str
     if engine != "ray" and any(v is not None for v in ray_flags.values()):
         raise click.UsageError(f"{next(k for k, v in ray_flags.items() if v is not None)} needs --engine ray")
     _private_ort_cache()
-    import logging
-
     from cusemo_batch import changes, oplog
     from cusemo_batch.calls import MetadataError
     from cusemo_batch.model import ModelError
@@ -165,60 +165,28 @@ def score(calls_dir: Path | None, out: Path, call_list: Path | None, engine: str
     from rich.markup import escape
 
     oplog.configure(log_format, verbose)
-    log = logging.getLogger("cusemo_batch.cli")
     if keep_silence >= min_silence and compress_silence:
         raise click.BadParameter("--keep-silence must be shorter than --min-silence")
     try:
-        change_cfg = changes.load_change_config(config_path)
-    except (ValueError, OSError) as e:
-        raise UserError(str(e)) from None
-    opts = ScoreOptions(
-        rate_s=rate, compress_silence=compress_silence, min_silence_s=min_silence, keep_silence_s=keep_silence,
-        discovery=discovery_from(layout, channels, roles, speaker_name, speakers, follow_symlinks,
-                                 strict_roles=strict_roles),
-        change_config=change_cfg, batch_seconds=batch_seconds, min_speech_s=min_speech)
-    try:
-        if engine == "ray":  # the driver only checks the model and names it; the workers run it
-            scorer = Scorer(model, device="cpu", threads=1, options=opts)
-            where = "Ray workers"
-        else:
-            scorer = Scorer(model, device=device, threads=threads, options=opts)
-            where = ", ".join(scorer.model.providers)
+        opts = ScoreOptions(
+            rate_s=rate, compress_silence=compress_silence, min_silence_s=min_silence, keep_silence_s=keep_silence,
+            discovery=discovery_from(layout, channels, roles, speaker_name, speakers, follow_symlinks,
+                                     strict_roles=strict_roles),
+            change_config=changes.load_change_config(config_path), batch_seconds=batch_seconds,
+            min_speech_s=min_speech)
+        # --engine ray: the driver only checks the model and names it; the workers run it
+        scorer = Scorer(model, device="cpu" if engine == "ray" else device, threads=1 if engine == "ray" else threads,
+                        options=opts)
+        where = "Ray workers" if engine == "ray" else ", ".join(scorer.model.providers)
         runner = _engine(engine, address, workers, cpus_per_worker, gpus_per_worker, device, threads)
     except (ModelError, OSError, ValueError) as e:
         raise UserError(str(e)) from None
     console.print(f"model {scorer.model_id} ({scorer.model.sha256[:12]}) on {where}")
 
-    started = time.perf_counter()
-    state = {"n": 0, "audio": 0.0, "last_log": started}
-
-    def on_call(outcome) -> None:
-        state["n"] += 1
-        state["audio"] += outcome.audio_s
-        now = time.perf_counter()
-        if not console.is_terminal and now - state["last_log"] >= 30:
-            state["last_log"] = now
-            log.info("progress: %d calls, %.2f h of audio, %.0f s", state["n"], state["audio"] / 3600,
-                     now - started, extra={"stage": "progress"})
-
     try:
-        if console.is_terminal:
-            from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
-
-            with Progress(TextColumn("scoring"), BarColumn(), MofNCompleteColumn(), TextColumn("calls"),
-                          TextColumn("{task.fields[hours]:.2f} h audio"), TimeRemainingColumn(),
-                          console=console, transient=True) as bar:
-                task = bar.add_task("score", total=None, hours=0.0)
-
-                def on_call_tty(outcome) -> None:
-                    on_call(outcome)
-                    bar.update(task, advance=1, hours=state["audio"] / 3600)
-
-                summary = run_nightly(calls_dir, out, scorer, force=force, call_list=call_list, engine=runner,
-                                      on_call=on_call_tty, on_start=lambda n: bar.update(task, total=n))
-        else:
-            summary = run_nightly(calls_dir, out, scorer, force=force, call_list=call_list, engine=runner,
-                                  on_call=on_call)
+        summary = _run_with_progress(
+            lambda on_call, on_start: run_nightly(calls_dir, out, scorer, force=force, call_list=call_list,
+                                                  engine=runner, on_call=on_call, on_start=on_start))
     except LockedError as e:
         err_console.print(f"error: {e}")
         sys.exit(3)
@@ -238,3 +206,43 @@ def score(calls_dir: Path | None, out: Path, call_list: Path | None, engine: str
     if summary.failed:
         console.print(f"see errors: duckdb -c \"select call_id, stage, error, message from '{out}/errors/**/*.parquet'\"")
     sys.exit(summary.exit_code)
+
+
+class _Progress:
+    """Per-call progress: a live bar on a terminal, a log line every 30 s otherwise (cron, CI)."""
+
+    def __init__(self) -> None:
+        import logging
+
+        self.log = logging.getLogger("cusemo_batch.cli")
+        self.started = self.last_log = time.perf_counter()
+        self.n, self.audio_s = 0, 0.0
+
+    def call_done(self, outcome) -> None:
+        self.n += 1
+        self.audio_s += outcome.audio_s
+        now = time.perf_counter()
+        if not console.is_terminal and now - self.last_log >= 30:
+            self.last_log = now
+            self.log.info("progress: %d calls, %.2f h of audio, %.0f s", self.n, self.audio_s / 3600,
+                          now - self.started, extra={"stage": "progress"})
+
+
+def _run_with_progress(run):
+    """``run(on_call, on_start)`` with the progress display this output calls for."""
+    state = _Progress()
+    if not console.is_terminal:
+        return run(state.call_done, None)
+    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
+
+    with Progress(TextColumn("scoring"), BarColumn(), MofNCompleteColumn(), TextColumn("calls"),
+                  TextColumn("{task.fields[hours]:.2f} h audio"), TimeRemainingColumn(),
+                  console=console, transient=True) as bar:
+        task = bar.add_task("score", total=None, hours=0.0)
+
+        def on_call(outcome) -> None:
+            state.call_done(outcome)
+            bar.update(task, advance=1, hours=state.audio_s / 3600)
+
+        return run(on_call, lambda n: bar.update(task, total=n))
+
