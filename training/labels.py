@@ -14,13 +14,13 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from cusemo_batch.curation.select import CONSENSUS_METHODS
 from cusemo_batch.timegrid import resample_track
 
 from .corpus import CorpusCall
 
-# Gold standards that combine every annotator (what curation exports and selects on), and all of
-# them: + ``single``, one named annotator's trace (the training experiments on rater choice).
-CONSENSUS_METHODS = ("mean", "median")
+# The consensus gold standards (curation's) + ``single``, one named annotator's trace (the training
+# experiments on rater choice).
 GOLD_METHODS = (*CONSENSUS_METHODS, "single")
 
 

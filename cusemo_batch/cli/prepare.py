@@ -14,9 +14,8 @@ from typing import Sequence
 import click
 
 from cusemo_batch.curation.f0 import DEFAULT_TRACKER, MIN_VOICED_S, TRACKERS
-from cusemo_batch.curation.select import SELECT_DIMENSIONS, SelectionRule
+from cusemo_batch.curation.select import CONSENSUS_METHODS, SELECT_DIMENSIONS, SelectionRule
 from cusemo_batch.silence import KEEP_SILENCE_S, MIN_SILENCE_S
-from cusemo_batch.training.labels import CONSENSUS_METHODS
 
 from .common import console, discovery_from, discovery_options, err_console, progress, user_errors
 

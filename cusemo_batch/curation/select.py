@@ -24,11 +24,12 @@ from pathlib import Path
 import numpy as np
 import polars as pl
 
-from cusemo_batch.training.labels import CONSENSUS_METHODS
-
 from .agreement import corpus_agreement
 
 SELECT_DIMENSIONS = ("valence", "arousal", "both")
+# Gold standards that combine every annotator: what curation selects on and exports (training adds
+# `single`, one named annotator: cusemo_batch.training.labels.GOLD_METHODS).
+CONSENSUS_METHODS = ("mean", "median")
 
 
 @dataclass(frozen=True)
