@@ -11,6 +11,7 @@ a schema mismatch; :func:`expand_metadata` turns the JSON back into columns for 
 
 from __future__ import annotations
 
+import datetime as dt
 import json
 from dataclasses import dataclass
 from pathlib import Path
@@ -130,28 +131,25 @@ def join_metadata(calls_df: pl.DataFrame, rows: Sequence[Mapping[str, str | None
     >>> join_metadata(calls, [{"call_id": "c1", "date": "2026-11-24", "queue": "billing"}]).row(0)
     ('c1', 'client', datetime.date(2026, 11, 24), '{"queue": "billing"}')
     """
+    from .store import valid_date  # the partition's own date rule: ASCII digits, a calendar day
+
     by_id: dict[str, Mapping[str, str | None]] = {}
     for r in rows:
         by_id.setdefault(str(r["call_id"]), r)
-    ids = sorted(set(calls_df["call_id"].to_list())) if calls_df.height else []
-    meta = pl.DataFrame({
-        "call_id": ids,
-        "call_date": [(by_id.get(c) or {}).get("date") or None for c in ids],
-        "metadata": [metadata_json(by_id.get(c)) for c in ids],
-    }, schema={"call_id": pl.Utf8, "call_date": pl.Utf8, "metadata": pl.Utf8})
-    # a DATE for SQL (`where call_date >= DATE '...'`); not a calendar date -> null
-    meta = meta.with_columns(pl.col("call_date").str.strip_chars().str.slice(0, 10)
-                             .str.to_date("%Y-%m-%d", strict=False))
-    return calls_df.drop([c for c in ("call_date", "metadata") if c in calls_df.columns]).join(
-        meta, on="call_id", how="left")
+    ids = set(calls_df["call_id"].to_list()) if calls_df.height else set()
+    dates = {c: dt.date.fromisoformat(d) for c in ids if (d := valid_date((by_id.get(c) or {}).get("date")))}
+    meta = {c: metadata_json(by_id.get(c)) for c in ids}
+    cid = pl.col("call_id")
+    return calls_df.with_columns(cid.replace_strict(dates, default=None, return_dtype=pl.Date).alias("call_date"),
+                                 cid.replace_strict(meta, default="{}", return_dtype=pl.Utf8).alias("metadata"))
 
 
 def expand_metadata(calls: pl.DataFrame, reserved: Sequence[str] = ()) -> tuple[pl.DataFrame, list[str]]:
     """The ``metadata`` JSON of a calls frame as text columns (for a report or a CSV export).
 
     Returns the frame with one column per key found in any row (null where a call lacks it) and
-    those column names in the order of the sorted keys. A key that clashes with a column of ``calls`` or with
-    ``reserved`` gets the prefix ``meta_``.
+    those column names in the order of the sorted keys. A key that clashes with a column of
+    ``calls`` or with ``reserved`` gets the prefix ``meta_``.
 
     >>> df = pl.DataFrame({"call_id": ["a", "b"], "metadata": ['{"queue": "x"}', "{}"]})
     >>> wide, names = expand_metadata(df)

@@ -100,7 +100,6 @@ def new_run_id(now: dt.datetime) -> str:
     return now.strftime("%Y%m%dT%H%M%SZ") + "-" + uuid.uuid4().hex[:6]
 
 
-
 # ---------------------------------------------------------------------------------- the driver
 class CallSource:
     """Where the night's calls come from: a folder (walked) or a call list (``--manifest``)."""

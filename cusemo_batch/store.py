@@ -61,16 +61,12 @@ class StoreWriteError(StoreError):
 
 
 def _cause(e: BaseException) -> str:
-    """The OS reason of a failed write ("No space left on device"), not a Parquet library's echo of it."""
-    import errno
-
+    """The OS reason of a failed write ("No space left on device"). Files are written with plain
+    file I/O (:func:`_parquet_bytes`), so a disk problem is an OSError with its errno."""
     if isinstance(e, OSError) and e.errno:
-        return e.strerror or errno.errorcode.get(e.errno, str(e))
-    text = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
-    for code in (errno.ENOSPC, errno.EDQUOT, errno.EIO, errno.EROFS):
-        if os.strerror(code).lower() in str(e).lower():
-            return os.strerror(code)
-    return text[:200]
+        return e.strerror or os.strerror(e.errno)
+    text = str(e).strip()
+    return text.splitlines()[0][:200] if text else type(e).__name__
 
 
 def _parquet_bytes(df: pl.DataFrame, **options) -> bytes:
