@@ -14,14 +14,18 @@ import cusemo_batch as cb
 REPO = Path(__file__).resolve().parents[1]
 
 
-def test_import_is_light_and_names_resolve():
-    code = ("import sys, cusemo_batch as cb\n"
-            "heavy = [m for m in ('onnxruntime', 'polars', 'numpy', 'torch') if m in sys.modules]\n"
-            "assert not heavy, heavy\n"
-            "assert cb.Scorer.__name__ == 'Scorer' and cb.ScoreOptions and cb.DiscoveryOptions and cb.report.build\n"
-            "assert 'torch' not in sys.modules\n")
-    r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+def run_fresh(*lines: str) -> None:
+    """Run the lines in a fresh interpreter (what is imported depends on nothing this process did)."""
+    r = subprocess.run([sys.executable, "-c", "\n".join(lines)], capture_output=True, text=True, timeout=120)
     assert r.returncode == 0, r.stderr
+
+
+def test_import_is_light_and_names_resolve():
+    run_fresh("import sys, cusemo_batch as cb",
+              "heavy = [m for m in ('onnxruntime', 'polars', 'numpy', 'torch') if m in sys.modules]",
+              "assert not heavy, heavy",
+              "assert cb.Scorer.__name__ == 'Scorer' and cb.ScoreOptions and cb.DiscoveryOptions and cb.report.build",
+              "assert 'torch' not in sys.modules")
     with pytest.raises(AttributeError):
         cb.no_such_name  # noqa: B018
 
@@ -86,14 +90,12 @@ def test_every_readme_python_snippet_runs(tmp_path):
 
 def test_training_config_and_data_identity_do_not_import_torch():
     """The torch wall: configs, corpus identity and splits are readable on a scoring machine."""
-    code = ("import sys\n"
-            "from cusemo_batch.training.config import load_config\n"
-            "from cusemo_batch.training.data import data_hash, group_column, split_groups\n"
-            "cfg = load_config('ravdess_default')\n"
-            "assert cfg.model.hop == 250\n"
-            "assert 'torch' not in sys.modules, 'torch imported'\n")
-    r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
-    assert r.returncode == 0, r.stderr
+    run_fresh("import sys",
+              "from cusemo_batch.training.config import load_config",
+              "from cusemo_batch.training.data import data_hash, group_column, split_groups",
+              "cfg = load_config('ravdess_default')",
+              "assert cfg.model.hop == 250",
+              "assert 'torch' not in sys.modules, 'torch imported'")
 
 
 def test_documentation_links_resolve():

@@ -41,6 +41,21 @@ def test_console_script_runs_without_torch_import():
     assert out.returncode == 0 and "ok" in out.stdout, out.stderr
 
 
+def test_cli_start_needs_no_training_package_and_corpus_defaults_match_bootstrap_config():
+    """The CLI loads without cusemo_batch.training (it lives in training/, mapped at install time),
+    and `corpus from-categorical` shows BootstrapConfig's defaults, written out in the CLI."""
+    code = "import sys; from cusemo_batch.cli import main; assert 'cusemo_batch.training' not in sys.modules"
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
+    assert out.returncode == 0, out.stderr
+    from cusemo_batch.training.categorical import BootstrapConfig
+
+    cmd = main.commands["corpus"].commands["from-categorical"]
+    given = {p.name: p.default for p in cmd.params if isinstance(p, click.Option)}
+    want = BootstrapConfig()
+    for name in ("seed", "min_call_s", "max_call_s", "max_calls_per_speaker"):
+        assert given[name] == getattr(want, name), name
+
+
 def test_user_error_keeps_bracketed_text(tmp_path):
     """Config errors name sections like [train]; the rich console must not eat them as markup."""
     (tmp_path / "c").mkdir()
