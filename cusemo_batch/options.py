@@ -9,7 +9,7 @@ import json
 from dataclasses import asdict, dataclass, field, fields
 from typing import Any
 
-from . import changes, silence
+from . import changes, silence, timegrid
 from .calls import DiscoveryOptions
 from .model import DEFAULT_CHUNK_S
 
@@ -72,6 +72,7 @@ class ScoreOptions:
     def result_hash(self) -> str:
         """Hash of every option that changes the output values (speed options excluded)."""
         d = {"rate_s": self.rate_s, "compress_silence": self.compress_silence, "vad": silence.VAD_VERSION,
+             "pooling": timegrid.POOLING_VERSION,
              "chunk_s": self.chunk_s,  # int8 activation scales are per streaming step
              "min_speech_s": self.min_speech_s,
              "min_silence_s": self.min_silence_s, "keep_silence_s": self.keep_silence_s,

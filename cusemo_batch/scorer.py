@@ -30,7 +30,7 @@ from typing import Iterable, Iterator
 import numpy as np
 import polars as pl
 
-from . import changes, silence
+from . import changes, silence, timegrid
 from .audio import AudioError, load_channels, normalise
 from .calls import Call, CallError, RTTMError, SpeakerSource, calls_from_files, discover, read_rttm
 from .files import sha256_file
@@ -212,15 +212,11 @@ class Scorer:
         """Frame outputs -> ``rate`` windows in original call time, with the speech ratio."""
         m, rate = self.model, self.options.rate_s
         n_win = max(1, math.ceil(item.duration_s / rate - 1e-9))
-        n = len(frames["valence"])
-        centres = item.time_map.to_original((np.arange(n) + 0.5) / m.frame_rate)
-        win = np.clip((centres / rate).astype(np.int64), 0, n_win - 1)
-        counts = np.bincount(win, minlength=n_win)
-        cols: dict[str, np.ndarray] = {}
-        for name in m.outputs:
-            sums = np.bincount(win, weights=frames[name].astype(np.float64), minlength=n_win)
-            with np.errstate(invalid="ignore", divide="ignore"):
-                cols[name] = np.where(counts > 0, sums / np.maximum(counts, 1), np.nan)
+        # training's overlap pooling, on each frame's pieces in call time (timegrid's docstring)
+        starts, ends, owner = item.time_map.frame_pieces(len(frames["valence"]), 1 / m.frame_rate)
+        pooled = timegrid.pool_intervals(np.stack([frames[k] for k in m.outputs], axis=1), starts, ends, owner,
+                                         rate, n_win)
+        cols = dict(zip(m.outputs, pooled.T))
         vad_s = silence.frame_hop(m.sample_rate, VAD_FRAME_S) / m.sample_rate
         vad_win = np.clip(((np.arange(len(item.speech)) + 0.5) * vad_s / rate).astype(np.int64), 0, n_win - 1)
         speech_ratio = np.bincount(vad_win, weights=item.speech.astype(np.float64), minlength=n_win) * vad_s / rate

@@ -293,6 +293,26 @@ class TimeMap:
         """
         return self.to_original(start), self.to_original(end, end=True)
 
+    def frame_pieces(self, n_frames: int, frame_s: float) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """Frames ``[i*frame_s, (i+1)*frame_s)`` of the compressed audio, cut at every silence cut,
+        in original time: ``(starts, ends, frame_of_piece)``.
+
+        A frame that straddles a cut heard audio from both sides of it; each piece keeps its own
+        place in call time, so pooling the pieces by overlap (``timegrid.pool_intervals``) gives
+        every window exactly the audio it holds -- the same overlap rule training uses.
+        """
+        total = n_frames * frame_s
+        cuts = self.compressed_start[(self.compressed_start > 0) & (self.compressed_start < total)]
+        edges = np.unique(np.concatenate([np.arange(n_frames + 1) * frame_s, cuts]))
+        a, b = edges[:-1], edges[1:]
+        keep = b - a > 1e-12
+        a, b = a[keep], b[keep]
+        mid = (a + b) / 2
+        owner = np.minimum((mid / frame_s).astype(np.int64), max(n_frames - 1, 0))
+        seg = np.clip(np.searchsorted(self.compressed_start, mid, side="right") - 1, 0, self.compressed_start.size - 1)
+        shift = self.original_start[seg] - self.compressed_start[seg]
+        return a + shift, b + shift, owner
+
     # --- serialisation --------------------------------------------------------------------------
     def to_polars(self) -> pl.DataFrame:
         """One row per kept segment (save it next to the compressed audio, e.g. as Parquet)."""

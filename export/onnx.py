@@ -270,37 +270,7 @@ def _export(model: CRNN, md: dict[str, str], out: Path, out_stream: Path, *, ops
                     f"{r.max_abs_diff:.3g} > tolerance {r.tolerance:g}; nothing written")
         final = fp32
         if quantize == "int8":
-            from .quantize import (CALIB_MAX_S, QUANT_OPS, compare_quantized, load_validation, quantize_convs_pair,
-                                   quantize_dynamic_pair)
-
-            c = model.config
-            src_whole, src_stream = fp32, stream_path_for(fp32)
-            calib = [x for _, x in _load_files(_audio_paths(calibration), c.sample_rate, md["normalisation"],
-                                               CALIB_MAX_S)]
-            convs: list[str] = []
-            if calib:
-                s_whole, s_stream = tmp / "s.onnx", tmp / "s.stream.onnx"
-                convs = quantize_convs_pair(src_whole, src_stream, s_whole, s_stream, calib,
-                                            context=c.receptive_field - c.hop, hop=c.hop,
-                                            sample_rate=c.sample_rate, lstm_layers=c.lstm_layers,
-                                            lstm_hidden=c.lstm_hidden)
-                if convs:  # written only when there was a conv block to quantize
-                    src_whole, src_stream = s_whole, s_stream
-            calib_s = round(min(sum(map(len, calib)) / c.sample_rate, CALIB_MAX_S), 1)
-            if convs:
-                log(f"row-scaled int8 convolutions {', '.join(convs)} calibrated on {calib_s:.0f} s of audio")
-            elif not calib:
-                log("no --calibration-audio: the convolutions stay fp32 (dynamic int8 for MatMul/LSTM only)")
-            q_whole, q_stream = tmp / "q.onnx", tmp / "q.stream.onnx"
-            quantize_dynamic_pair(src_whole, src_stream, q_whole, q_stream)
-            scheme = {"dynamic": list(QUANT_OPS), "row_scaled_convs": convs, "calibration_s": calib_s}
-            final = _stamp_pair(q_whole, q_stream, tmp / "int8" / out.name,
-                                {**md, "quantized": "int8", "quantization": json.dumps(scheme)})
-            val = load_validation(validation, model.config.sample_rate, md["normalisation"]) if validation else []
-            result.quantization = compare_quantized(Model(fp32, device="cpu"), Model(final, device="cpu"),
-                                                    audios, val, log=log)
-            result.quantization.int8_convs = tuple(convs)
-            result.quantization.calibration_seconds = calib_s
+            final = _quantize_int8(model, md, fp32, tmp, out.name, audios, calibration, validation, result, log)
         # Stream first: the whole graph is the entry point and names the stream file's hash.
         for src, dst in ((stream_path_for(final), out_stream), (final, out)):
             with atomic_path(dst) as t:
@@ -309,6 +279,46 @@ def _export(model: CRNN, md: dict[str, str], out: Path, out_stream: Path, *, ops
         result.metadata = _read_props(out)
     log(f"wrote {out} and {out_stream}")
     return result
+
+
+def _quantize_int8(model: CRNN, md: dict[str, str], fp32: Path, tmp: Path, name: str, audios: list,
+                   calibration: Sequence[str | Path], validation: str | Path | None, result: ExportResult,
+                   log: Log) -> Path:
+    """The int8 pair from the checked fp32 pair (row-scaled int8 convolutions calibrated on
+    ``calibration``, then dynamic int8 MatMul/LSTM), compared with fp32 into ``result.quantization``;
+    returns the int8 whole-graph path under ``tmp``."""
+    from .quantize import (CALIB_MAX_S, QUANT_OPS, compare_quantized, load_validation, quantize_convs_pair,
+                           quantize_dynamic_pair)
+
+    c = model.config
+    src_whole, src_stream = fp32, stream_path_for(fp32)
+    calib = [x for _, x in _load_files(_audio_paths(calibration), c.sample_rate, md["normalisation"],
+                                       CALIB_MAX_S)]
+    convs: list[str] = []
+    if calib:
+        s_whole, s_stream = tmp / "s.onnx", tmp / "s.stream.onnx"
+        convs = quantize_convs_pair(src_whole, src_stream, s_whole, s_stream, calib,
+                                    context=c.receptive_field - c.hop, hop=c.hop,
+                                    sample_rate=c.sample_rate, lstm_layers=c.lstm_layers,
+                                    lstm_hidden=c.lstm_hidden)
+        if convs:  # written only when there was a conv block to quantize
+            src_whole, src_stream = s_whole, s_stream
+    calib_s = round(min(sum(map(len, calib)) / c.sample_rate, CALIB_MAX_S), 1)
+    if convs:
+        log(f"row-scaled int8 convolutions {', '.join(convs)} calibrated on {calib_s:.0f} s of audio")
+    elif not calib:
+        log("no --calibration-audio: the convolutions stay fp32 (dynamic int8 for MatMul/LSTM only)")
+    q_whole, q_stream = tmp / "q.onnx", tmp / "q.stream.onnx"
+    quantize_dynamic_pair(src_whole, src_stream, q_whole, q_stream)
+    scheme = {"dynamic": list(QUANT_OPS), "row_scaled_convs": convs, "calibration_s": calib_s}
+    final = _stamp_pair(q_whole, q_stream, tmp / "int8" / name,
+                        {**md, "quantized": "int8", "quantization": json.dumps(scheme)})
+    val = load_validation(validation, model.config.sample_rate, md["normalisation"]) if validation else []
+    result.quantization = compare_quantized(Model(fp32, device="cpu"), Model(final, device="cpu"),
+                                            audios, val, log=log)
+    result.quantization.int8_convs = tuple(convs)
+    result.quantization.calibration_seconds = calib_s
+    return final
 
 
 def _trace(model: CRNN, whole: Path, stream: Path, opset: int) -> None:

@@ -150,6 +150,8 @@ def _prefix(conv) -> str:
     return "rowq" + conv.name.replace("/", "_").replace(".", "_")
 
 
+# ~70 lines on purpose: the replacement graph of one block, node by node in execution order (the
+# module doc draws it); split, each half would need the other's tensor names.
 def _row_scaled_block(conv, pool, inits: dict, opset: int, d_in: np.ndarray,
                       y_range: tuple[float, float] | None):
     """Nodes and initializers replacing one ``Conv -> Relu -> MaxPool`` block (see the module doc).

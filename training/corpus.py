@@ -260,52 +260,9 @@ def read_corpus(root: str | Path, min_annotators: int = 2, magnitude: float = 10
     if problems:
         raise CorpusError(problems)
 
-    audio: dict[str, Path] = {}
-    for p in sorted(audio_dir.iterdir()):
-        if p.suffix.lower() not in AUDIO_SUFFIXES:
-            continue
-        if p.stem in audio:
-            problems.append(Problem(str(p), None, f"second audio file for call {p.stem!r} ({audio[p.stem].name})"))
-            continue
-        audio[p.stem] = p
-    for d in sorted(ann_dir.iterdir()):
-        if d.is_dir() and d.name not in audio:
-            problems.append(Problem(str(d), None, f"annotations for call {d.name!r} which has no audio"))
-
-    calls: list[CorpusCall] = []
-    for cid, apath in audio.items():
-        duration = math.nan
-        if check_audio:
-            try:
-                info = audio_info(apath)
-                duration = info.frames / info.samplerate
-                if info.frames == 0:
-                    problems.append(Problem(str(apath), None, "audio has no samples"))
-                if info.channels != 1:
-                    problems.append(Problem(str(apath), None, f"{info.channels} channels; one diarized speaker (mono) per file expected"))
-            except AudioError as e:
-                problems.append(Problem(str(apath), None, str(e).split(": ", 1)[-1]))
-        track_dir = ann_dir / cid
-        files = sorted(track_dir.glob("*.csv")) if track_dir.is_dir() else []
-        if len(files) < min_annotators:
-            problems.append(Problem(str(track_dir), None, f"{len(files)} annotation track(s), at least {min_annotators} required"))
-            continue
-        tracks = [t for t in (read_track(f, magnitude, max_gap_s, problems) for f in files) if t is not None]
-        if len(tracks) < len(files):
-            continue
-        widths = {round(t.bin_s, 4) for t in tracks}
-        if len(widths) > 1:
-            problems.append(Problem(str(track_dir), None, f"annotators use different bin widths {sorted(widths)}"))
-            continue
-        lengths = [len(t) for t in tracks]
-        if max(lengths) - min(lengths) > 2:
-            warnings.append(Problem(str(track_dir), None, f"track lengths differ ({min(lengths)}..{max(lengths)} bins); "
-                                                          "the common part is used"))
-        if check_audio and math.isfinite(duration):
-            end = max(float(t.end_times[-1]) for t in tracks)
-            if end > duration + tracks[0].bin_s + 1e-6:
-                problems.append(Problem(str(track_dir), None, f"labels run to {end:g} s but the audio lasts {duration:.2f} s"))
-        calls.append(CorpusCall(cid, apath, duration, tracks))
+    audio = _audio_files(audio_dir, ann_dir, problems)
+    calls = [c for c in (_read_call(cid, apath, ann_dir / cid, min_annotators, magnitude, max_gap_s, check_audio,
+                                    problems, warnings) for cid, apath in audio.items()) if c is not None]
 
     context_columns: list[str] = []
     ctx_path = root / "context.csv"
@@ -320,3 +277,55 @@ def read_corpus(root: str | Path, min_annotators: int = 2, magnitude: float = 10
     if not calls:
         raise CorpusError([Problem(str(audio_dir), None, "no calls (audio files with annotations) found")])
     return Corpus(root, calls, context_columns, warnings)
+
+
+def _audio_files(audio_dir: Path, ann_dir: Path, problems: list[Problem]) -> dict[str, Path]:
+    """Call id -> its audio file; a second file for one call or annotations without audio are problems."""
+    audio: dict[str, Path] = {}
+    for p in sorted(audio_dir.iterdir()):
+        if p.suffix.lower() not in AUDIO_SUFFIXES:
+            continue
+        if p.stem in audio:
+            problems.append(Problem(str(p), None, f"second audio file for call {p.stem!r} ({audio[p.stem].name})"))
+            continue
+        audio[p.stem] = p
+    for d in sorted(ann_dir.iterdir()):
+        if d.is_dir() and d.name not in audio:
+            problems.append(Problem(str(d), None, f"annotations for call {d.name!r} which has no audio"))
+    return audio
+
+
+def _read_call(cid: str, apath: Path, track_dir: Path, min_annotators: int, magnitude: float, max_gap_s: float,
+               check_audio: bool, problems: list[Problem], warnings: list[Problem]) -> CorpusCall | None:
+    """One call's audio checks and annotation tracks; None (with the reasons in ``problems``) when unusable."""
+    duration = math.nan
+    if check_audio:
+        try:
+            info = audio_info(apath)
+            duration = info.frames / info.samplerate
+            if info.frames == 0:
+                problems.append(Problem(str(apath), None, "audio has no samples"))
+            if info.channels != 1:
+                problems.append(Problem(str(apath), None, f"{info.channels} channels; one diarized speaker (mono) per file expected"))
+        except AudioError as e:
+            problems.append(Problem(str(apath), None, str(e).split(": ", 1)[-1]))
+    files = sorted(track_dir.glob("*.csv")) if track_dir.is_dir() else []
+    if len(files) < min_annotators:
+        problems.append(Problem(str(track_dir), None, f"{len(files)} annotation track(s), at least {min_annotators} required"))
+        return None
+    tracks = [t for t in (read_track(f, magnitude, max_gap_s, problems) for f in files) if t is not None]
+    if len(tracks) < len(files):
+        return None
+    widths = {round(t.bin_s, 4) for t in tracks}
+    if len(widths) > 1:
+        problems.append(Problem(str(track_dir), None, f"annotators use different bin widths {sorted(widths)}"))
+        return None
+    lengths = [len(t) for t in tracks]
+    if max(lengths) - min(lengths) > 2:
+        warnings.append(Problem(str(track_dir), None, f"track lengths differ ({min(lengths)}..{max(lengths)} bins); "
+                                                      "the common part is used"))
+    if check_audio and math.isfinite(duration):
+        end = max(float(t.end_times[-1]) for t in tracks)
+        if end > duration + tracks[0].bin_s + 1e-6:
+            problems.append(Problem(str(track_dir), None, f"labels run to {end:g} s but the audio lasts {duration:.2f} s"))
+    return CorpusCall(cid, apath, duration, tracks)

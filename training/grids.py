@@ -277,6 +277,38 @@ def load_grid(path: str | Path, *, quick: bool = False, overrides: dict[str, Any
         raise GridError(f"{gpath.name}: {e}") from None
 
 
+def _cells(name: str, base: Config, axes: list) -> list[Cell]:
+    """Every combination of the axes' values, as a named, validated config."""
+    cells: list[Cell] = []
+    for i, combo in enumerate(itertools.product(*[a.values for a in axes])):
+        values: dict[str, Any] = {}
+        for axis, point in zip(axes, combo):
+            values.update(dict(zip(axis.keys, point)))
+        cname = ",".join(f"{k.partition('.')[2]}={fmt_value(v)}" for k, v in values.items())
+        d = base.with_overrides(**nest(values)).to_dict()
+        d["name"] = f"{name}:{cname}"
+        try:
+            cfg = from_dict(d)
+        except ConfigError as e:
+            raise GridError(f"cell {cname}: {e}") from None
+        cells.append(Cell(i, cname, values, cfg))
+    if len({c.name for c in cells}) != len(cells):
+        raise GridError("two cells have the same name (values that print alike)")
+    return cells
+
+
+def _baseline_row(baseline: Any, cells: list[Cell]) -> int:
+    """The grid's ``baseline`` (a row index or a cell name) as a row index."""
+    if isinstance(baseline, str):
+        names = [c.name for c in cells]
+        if baseline not in names:
+            raise GridError(f"baseline {baseline!r} is not a cell; cells: {names}")
+        baseline = names.index(baseline)
+    if not isinstance(baseline, int) or not 0 <= baseline < len(cells):
+        raise GridError(f"baseline must be a row index in 0..{len(cells) - 1} or a cell name")
+    return baseline
+
+
 def _build_grid(raw: dict, gpath: Path, quick: bool, overrides: dict[str, Any], seeds) -> Grid:
     if "axes" not in raw:
         shipped = ", ".join(sorted(x.stem for x in CONFIG_DIR.glob("grid_*.toml")))
@@ -310,29 +342,8 @@ def _build_grid(raw: dict, gpath: Path, quick: bool, overrides: dict[str, Any], 
     if not chosen or len(set(chosen)) != len(chosen):
         raise GridError("seeds must be a non-empty list of distinct integers")
     base = base.with_overrides(train={"seeds": list(chosen)})
-    cells: list[Cell] = []
-    for i, combo in enumerate(itertools.product(*[a.values for a in axes])):
-        values: dict[str, Any] = {}
-        for axis, point in zip(axes, combo):
-            values.update(dict(zip(axis.keys, point)))
-        cname = ",".join(f"{k.partition('.')[2]}={fmt_value(v)}" for k, v in values.items())
-        d = base.with_overrides(**nest(values)).to_dict()
-        d["name"] = f"{name}:{cname}"
-        try:
-            cfg = from_dict(d)
-        except ConfigError as e:
-            raise GridError(f"cell {cname}: {e}") from None
-        cells.append(Cell(i, cname, values, cfg))
-    if len({c.name for c in cells}) != len(cells):
-        raise GridError("two cells have the same name (values that print alike)")
-    baseline = raw.get("baseline", 0)
-    if isinstance(baseline, str):
-        names = [c.name for c in cells]
-        if baseline not in names:
-            raise GridError(f"baseline {baseline!r} is not a cell; cells: {names}")
-        baseline = names.index(baseline)
-    if not isinstance(baseline, int) or not 0 <= baseline < len(cells):
-        raise GridError(f"baseline must be a row index in 0..{len(cells) - 1} or a cell name")
+    cells = _cells(name, base, axes)
+    baseline = _baseline_row(raw.get("baseline", 0), cells)
     reference = raw.get("reference")
     if reference is not None:
         for key in ("valence", "arousal", "valence_sd", "arousal_sd"):

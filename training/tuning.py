@@ -35,15 +35,7 @@ def tune(corpus_dir: str | Path, out_dir: str | Path, base: Config, params: Iter
     from .loop import run_training
 
     params = list(dict.fromkeys(params))
-    bad = [p for p in params if p not in TUNABLE]
-    if not params or bad:
-        raise ValueError(f"--param must be one of {sorted(TUNABLE)}, not {bad or params}")
-    if objective not in OBJECTIVES:
-        raise ValueError(f"objective must be one of {OBJECTIVES}")
-    if not low < high or low < 0 or (log_scale and low <= 0):
-        raise ValueError("the search range needs 0 <= low < high (low > 0 on a log scale)")
-    if trials < 1:
-        raise ValueError("trials must be >= 1")
+    _check_search(params, objective, low, high, log_scale, trials)
     corpus_dir = Path(corpus_dir)
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
@@ -64,16 +56,7 @@ def tune(corpus_dir: str | Path, out_dir: str | Path, base: Config, params: Iter
     elif prev != json.loads(json.dumps(settings)):
         raise ValueError(f"{out_dir} holds a study with other settings (params, range, objective, config "
                          f"or corpus); use a new --out")
-    from optuna.trial import TrialState
-
-    waiting = [t.params for t in study.get_trials(deepcopy=False, states=(TrialState.WAITING,))]
-    for t in study.get_trials(deepcopy=False, states=(TrialState.RUNNING,)):  # interrupted trials
-        study.tell(t.number, state=TrialState.FAIL)
-        if t.params and t.params not in waiting:
-            study.enqueue_trial(t.params)
-            waiting.append(t.params)
-            log(f"trial {t.number} was interrupted: re-queued {t.params} (its finished seeds are kept)")
-    done = len(study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,)))
+    done = _requeue_interrupted(study, log)
 
     def objective_fn(trial) -> float:
         values = {p: trial.suggest_float(p, low, high, log=log_scale) for p in params}
@@ -110,6 +93,34 @@ def tune(corpus_dir: str | Path, out_dir: str | Path, base: Config, params: Iter
     atomic_write_text(out_dir / "tune.json", json.dumps(result, indent=2))
     return result
 
+
+
+def _check_search(params: list[str], objective: str, low: float, high: float, log_scale: bool, trials: int) -> None:
+    """ValueError (one line, for the CLI) on a search that cannot run."""
+    bad = [p for p in params if p not in TUNABLE]
+    if not params or bad:
+        raise ValueError(f"--param must be one of {sorted(TUNABLE)}, not {bad or params}")
+    if objective not in OBJECTIVES:
+        raise ValueError(f"objective must be one of {OBJECTIVES}")
+    if not low < high or low < 0 or (log_scale and low <= 0):
+        raise ValueError("the search range needs 0 <= low < high (low > 0 on a log scale)")
+    if trials < 1:
+        raise ValueError("trials must be >= 1")
+
+
+def _requeue_interrupted(study, log: Log) -> int:
+    """Fail the trials a killed run left RUNNING and queue their parameters again (their finished
+    seeds are reused from disk); return how many trials are complete."""
+    from optuna.trial import TrialState
+
+    waiting = [t.params for t in study.get_trials(deepcopy=False, states=(TrialState.WAITING,))]
+    for t in study.get_trials(deepcopy=False, states=(TrialState.RUNNING,)):
+        study.tell(t.number, state=TrialState.FAIL)
+        if t.params and t.params not in waiting:
+            study.enqueue_trial(t.params)
+            waiting.append(t.params)
+            log(f"trial {t.number} was interrupted: re-queued {t.params} (its finished seeds are kept)")
+    return len(study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,)))
 
 def _n(v: float | None) -> str:
     return "-" if v is None else f"{v:.3f}"

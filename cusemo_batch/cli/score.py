@@ -157,12 +157,8 @@ def score(calls_dir: Path | None, out: Path, call_list: Path | None, engine: str
         raise click.UsageError(f"{next(k for k, v in ray_flags.items() if v is not None)} needs --engine ray")
     _private_ort_cache()
     from cusemo_batch import changes, oplog
-    from cusemo_batch.calls import MetadataError
     from cusemo_batch.model import ModelError
-    from cusemo_batch.nightly import EngineFailed, EngineUnavailable, run_nightly
     from cusemo_batch.scorer import Scorer
-    from cusemo_batch.store import LockedError, StoreError, StoreWriteError
-    from rich.markup import escape
 
     oplog.configure(log_format, verbose)
     if keep_silence >= min_silence and compress_silence:
@@ -182,6 +178,16 @@ def score(calls_dir: Path | None, out: Path, call_list: Path | None, engine: str
     except (ModelError, OSError, ValueError) as e:
         raise UserError(str(e)) from None
     console.print(f"model {scorer.model_id} ({scorer.model.sha256[:12]}) on {where}")
+
+    _run_and_exit(calls_dir, out, scorer, runner, force=force, call_list=call_list)
+
+
+def _run_and_exit(calls_dir: Path | None, out: Path, scorer, runner, *, force: bool, call_list: Path | None) -> None:
+    """Run the night, print its summary and exit with the code the scheduler reads (docs/operations.md)."""
+    from cusemo_batch.calls import MetadataError
+    from cusemo_batch.nightly import EngineFailed, EngineUnavailable, run_nightly
+    from cusemo_batch.store import LockedError, StoreError, StoreWriteError
+    from rich.markup import escape
 
     try:
         summary = _run_with_progress(
