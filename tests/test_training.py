@@ -12,7 +12,8 @@ from cusemo_batch.training.checkpoint import CheckpointError, load_checkpoint
 from cusemo_batch.training.config import Config, ConfigError, load_config
 from cusemo_batch.training.corpus import read_corpus
 from cusemo_batch.training.data import batch_arrays, make_segments, split_groups
-from cusemo_batch.training.loop import Pooler, batch_loss, prepare
+from cusemo_batch.training.evaluation import Pooler
+from cusemo_batch.training.loop import batch_loss, prepare
 from cusemo_batch.training.model import CRNN
 
 SMALL = {"conv_channels": [8, 16, 16], "lstm_hidden": 32, "mlp_sizes": [32, 16]}
@@ -152,7 +153,8 @@ def test_segment_jitter_moves_cut_points_and_keeps_the_rest(tiny_corpus):
 
 
 def test_collapse_guard_restarts_a_diverged_run(tiny_corpus, tmp_path):
-    from cusemo_batch.training.loop import collapsed, train_seed
+    from cusemo_batch.training.evaluation import collapsed
+    from cusemo_batch.training.loop import train_seed
 
     assert collapsed({"valence": 0.0, "arousal": 0.0, "valence_pred_sd": 0.0, "arousal_pred_sd": 0.0})
     assert collapsed({"valence": float("nan"), "arousal": 2e-4, "valence_pred_sd": 1.0, "arousal_pred_sd": 1.0})

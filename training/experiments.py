@@ -96,7 +96,7 @@ def write_test_per_call(cell_dir: Path, corpus_dir: str | Path) -> dict:
     from .checkpoint import load_checkpoint
     from .corpus import read_corpus
     from .data import load_calls
-    from .loop import predict_bins
+    from .evaluation import predict_bins
 
     cfg = from_dict(json.loads((cell_dir / "config.json").read_text())["config"])
     split = json.loads((cell_dir / "split.json").read_text())

@@ -1,4 +1,4 @@
-"""One training run per seed, the multi-seed driver, and evaluation.
+"""One training run per seed and the multi-seed driver (evaluation: ``evaluation.py``).
 
 Run directory layout (every file written atomically; a finished seed is never retrained, so an
 interrupted multi-seed run resumes where it stopped)::
@@ -24,15 +24,13 @@ import numpy as np
 import torch
 
 from cusemo_batch.files import atomic_write_text
-from cusemo_batch.metrics import ccc_concat_and_mean
-from cusemo_batch.timegrid import pooling_matrix
 
 from .checkpoint import load_checkpoint, save_checkpoint
 from .config import Config
 from .corpus import Corpus, read_corpus
-from .data import (CallData, augment_calls, batch_arrays, data_hash, load_calls, make_segments, split_groups,
-                   valid_bins)
+from .data import CallData, augment_calls, batch_arrays, data_hash, load_calls, make_segments, split_groups
 from .losses import bce_loss, ccc_loss, total_loss
+from .evaluation import Pooler, collapsed, evaluate_calls, summarise
 from .model import CRNN
 
 Log = Callable[[str], None]
@@ -102,22 +100,6 @@ def read_call_list(path: str | Path) -> list[str]:
             if line.strip() and not line.startswith("#")]
 
 
-class Pooler:
-    """Frame outputs -> label bins (overlap-weighted mean, see cusemo_batch.timegrid), cached per shape."""
-
-    def __init__(self, frame_s: float, bin_s: float) -> None:
-        self.frame_s, self.bin_s = frame_s, bin_s
-        self._cache: dict[tuple[int, int], torch.Tensor] = {}
-
-    def __call__(self, frames: torch.Tensor, n_bins: int) -> torch.Tensor:
-        """``[B, F, H] -> [B, n_bins, H]``."""
-        key = (frames.shape[1], n_bins)
-        if key not in self._cache:
-            m = pooling_matrix(frames.shape[1], self.frame_s, self.bin_s, n_bins).toarray()
-            self._cache[key] = torch.from_numpy(m.astype(np.float32))
-        return torch.einsum("kf,bfh->bkh", self._cache[key], frames)
-
-
 def batch_loss(model: CRNN, pool: Pooler, batch: dict[str, np.ndarray], cfg: Config) -> tuple[torch.Tensor, dict]:
     audio = torch.from_numpy(batch["audio"])
     mask = torch.from_numpy(batch["mask"])
@@ -142,51 +124,6 @@ def batch_loss(model: CRNN, pool: Pooler, batch: dict[str, np.ndarray], cfg: Con
     if l_beta is not None:
         parts["beta"] = float(l_beta.detach())
     return loss, parts
-
-
-@torch.no_grad()
-def predict_bins(model: CRNN, call: CallData, cfg: Config) -> np.ndarray:
-    """Whole-call prediction pooled to the label grid: ``[n_valid_bins, n_outputs]``."""
-    model.eval()
-    bin_s = cfg.data.label_rate_ms / 1000
-    n = valid_bins(call, cfg.model.hop, cfg.model.sample_rate, bin_s)
-    frames = model(torch.from_numpy(call.audio)[None])[0].numpy()
-    return pooling_matrix(len(frames), 1 / cfg.model.frame_rate, bin_s, n) @ frames
-
-
-def evaluate_calls(model: CRNN, calls: list[CallData], cfg: Config) -> dict:
-    """Test/dev CCC per dimension: over concatenated calls (the paper's) and mean per call."""
-    preds_v, preds_a, gold_v, gold_a = [], [], [], []
-    for c in calls:
-        p = predict_bins(model, c, cfg)
-        n = len(p)
-        preds_v.append(p[:, 0]), preds_a.append(p[:, 1])
-        gold_v.append(c.valence[:n]), gold_a.append(c.arousal[:n])
-    out = {"n_calls": len(calls)}
-    for dim, p, g in (("valence", preds_v, gold_v), ("arousal", preds_a, gold_a)):
-        concat, per_call = ccc_concat_and_mean(p, g)
-        out[dim] = concat
-        out[f"{dim}_per_call"] = per_call
-        out[f"{dim}_pred_sd"] = float(np.std(np.concatenate(p))) if p else 0.0
-    return out
-
-
-COLLAPSE_SD = 1e-6  # dev prediction sd below this = constant output
-COLLAPSE_CCC = 1e-3  # |dev CCC| below this on both dimensions = no information about the labels
-
-
-def collapsed(metrics: dict) -> bool:
-    """True when the dev predictions say nothing about the labels on either dimension.
-
-    Two failure modes seen at lr 1e-3 and above: every MLP ReLU dies (one constant output, the CCC
-    loss has no gradient left) or the weights blow up (huge outputs, dev CCC ~1e-6). A model that is
-    merely early in training still has |CCC| of a few hundredths on at least one dimension.
-    """
-    def dead(d: str) -> bool:
-        sd, ccc = metrics.get(f"{d}_pred_sd", 1.0), metrics.get(d, 1.0)
-        return not (sd >= COLLAPSE_SD) or not (abs(ccc) >= COLLAPSE_CCC)  # NaN counts as dead
-
-    return dead("valence") and dead("arousal")
 
 
 def _optimizer(model: CRNN, lr: float, lstm_lr_factor: float) -> torch.optim.Adam:
@@ -429,19 +366,6 @@ def _describe(prep: Prepared) -> str:
             f"{counts['train']}/{counts['dev']}/{counts['test']} calls by {prep.cfg.data.group_by}")
 
 
-def summarise(results: list[dict]) -> dict:
-    """Mean and sample sd of test (and dev) CCC over seeds, the paper's reporting."""
-    out: dict = {"seeds": [r["seed"] for r in results]}
-    for part in ("test", "dev"):
-        for key in ("valence", "arousal", "valence_per_call", "arousal_per_call"):
-            vals = [r[part][key] for r in results if r.get(part) and key in r[part]]
-            if vals:
-                out[f"{part}_{key}"] = {"mean": float(np.mean(vals)),
-                                        "sd": float(np.std(vals, ddof=1)) if len(vals) > 1 else 0.0,
-                                        "values": vals}
-    return out
-
-
 def _seed_job(corpus_dir: str, cfg_dict: dict, calls: Sequence[str] | None, seed: int, seed_dir: str,
               threads: int) -> dict:
     """One seed in a worker process (``run_training(jobs > 1)``): decode, train, return result.json."""
@@ -523,17 +447,3 @@ def run_training(corpus_dir: str | Path, cfg: Config, out_dir: str | Path, log: 
     return summary
 
 
-def evaluate_checkpoint(checkpoint: str | Path, corpus_dir: str | Path, split_name: str = "test",
-                        split: dict[str, str] | None = None) -> dict:
-    """Evaluate a checkpoint on a corpus (one split when a split map is known, else all calls)."""
-    model, meta = load_checkpoint(checkpoint)
-    from .config import from_dict
-
-    cfg = from_dict(meta["config"])
-    corpus = read_corpus(corpus_dir, min_annotators=cfg.data.min_annotators)
-    if split is not None and split_name != "all":
-        corpus.calls = [c for c in corpus.calls if split.get(c.call_id) == split_name]
-        if not corpus.calls:
-            raise ValueError(f"no call of the corpus is in split {split_name!r}")
-    calls = load_calls(corpus, cfg)
-    return evaluate_calls(model, calls, cfg)

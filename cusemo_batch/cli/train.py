@@ -117,7 +117,7 @@ def evaluate(target: Path, corpus: Path, split_name: str, out_json: Path | None)
     per-call CCCs (tracking within calls).
     """
     require_torch()
-    from cusemo_batch.training.loop import evaluate_checkpoint, summarise
+    from cusemo_batch.training.evaluation import evaluate_checkpoint, summarise
 
     @user_errors(*_training_errors())
     def run():
