@@ -67,6 +67,22 @@ class CallError:
 
 @dataclass(frozen=True)
 class DiscoveryOptions:
+    """How files become calls and tracks become speakers (``cusemo-batch score`` layout options).
+
+    ``layout``: auto | stereo | per-speaker | rttm | mono; ``channels``: the roles of a stereo
+    file's channels in order; ``speaker_name``: the role of a mono call's one voice; ``roles``:
+    RTTM label -> role; ``speakers``: the roles to score (empty: all found); ``strict_roles``: an
+    RTTM label no role names is an error, not a speaker; ``follow_symlinks``: walk into linked
+    folders.
+
+    Examples
+    --------
+    >>> import cusemo_batch as cb
+    >>> d = cb.DiscoveryOptions(channels=("client", "agent"), speakers=("client",))
+    >>> sorted(d.role_names)
+    ['agent', 'client']
+    """
+
     layout: str = "auto"
     channels: tuple[str, ...] = ("agent", "client")
     speaker_name: str = "client"

@@ -95,7 +95,16 @@ EVENT_SCHEMA = {
 
 @dataclass(frozen=True)
 class ChangeConfig:
-    """Thresholds of the change analysis (meaning and default reasons: ``config/changes.toml``)."""
+    """Thresholds of the change analysis (meaning and default reasons: ``config/changes.toml``).
+
+    Examples
+    --------
+    >>> import cusemo_batch as cb
+    >>> cfg = cb.ChangeConfig(min_change=0.5)  # only larger changes become events
+    >>> opts = cb.ScoreOptions.make(change_config=cfg)
+    >>> opts.change_config.min_change, opts.result_hash() != cb.ScoreOptions().result_hash()
+    (0.5, True)
+    """
 
     speech_floor: float = 0.2  # min speech_ratio for a window to count
     smooth_s: float = 3.0  # centred smoothing window, seconds of speech

@@ -51,7 +51,17 @@ _CUDA = "CUDAExecutionProvider"
 
 
 class ModelError(Exception):
-    """A file is not a usable cusemo ONNX model, or inputs do not fit it. One-line message."""
+    """A file is not a usable cusemo ONNX model, or inputs do not fit it. One-line message.
+
+    Examples
+    --------
+    >>> import cusemo_batch as cb
+    >>> try:
+    ...     cb.load_model("examples/calls/calls.csv")
+    ... except cb.ModelError as e:
+    ...     print("not a model")
+    not a model
+    """
 
 
 def stream_path_for(path: str | Path) -> Path:
@@ -187,6 +197,13 @@ class Model:
     the whole-graph file; ``metadata`` (all keys, decoded); ``providers`` (really in use);
     ``batch_invariant`` (whether a batch row's outputs are independent of the other rows, see
     :func:`_batch_invariant`).
+
+    Examples
+    --------
+    >>> import cusemo_batch as cb
+    >>> m = cb.Model(cb.load_model(device="cpu").path, device="cpu")
+    >>> m.normalisation, m.frame_rate
+    ('speech_rms', 32.0)
     """
 
     def __init__(self, path: str | Path, device: str = "auto", threads: int | None = None) -> None:

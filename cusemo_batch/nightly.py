@@ -65,6 +65,19 @@ log = logging.getLogger(__name__)  # fields run_id / call_id / stage in `extra` 
 
 @dataclass
 class RunSummary:
+    """What one nightly run did (returned by :func:`cusemo_batch.score_nightly`; also the ``runs`` row).
+
+    ``exit_code`` is what ``cusemo-batch score`` exits with (0 ok, 1 some calls failed, 4 no calls;
+    docs/operations.md); ``errors`` the error rows written this run.
+
+    Examples
+    --------
+    >>> import tempfile, cusemo_batch as cb
+    >>> s = cb.score_nightly("examples/calls", tempfile.mkdtemp(), device="cpu")
+    >>> s.scored >= 4, s.failed, s.exit_code
+    (True, 0, 0)
+    """
+
     run_id: str
     calls_found: int = 0
     scored: int = 0

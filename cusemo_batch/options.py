@@ -16,7 +16,20 @@ from .model import DEFAULT_CHUNK_S
 
 @dataclass(frozen=True)
 class ScoreOptions:
-    """What changes the numbers (hashed into the manifest key) and what only changes speed."""
+    """What changes the numbers (hashed into the manifest key) and what only changes speed.
+
+    Build it flat with :meth:`make` (its own fields and :class:`DiscoveryOptions`' as keywords);
+    :meth:`result_hash` names the options whose change makes the nightly job rescore a call.
+
+    Examples
+    --------
+    >>> import cusemo_batch as cb
+    >>> o = cb.ScoreOptions.make(rate_s=1.0, roles={"SPEAKER_00": "agent"})
+    >>> o.rate_s, o.discovery.roles
+    (1.0, {'SPEAKER_00': 'agent'})
+    >>> o.result_hash() == cb.ScoreOptions.make(rate_s=1.0, roles={"SPEAKER_00": "agent"}, max_batch=1).result_hash()
+    True
+    """
 
     rate_s: float = 0.5  # output window (the annotation rate)
     compress_silence: bool = True

@@ -25,6 +25,16 @@ Reading is lazy and touches only the partitions asked for: each date folder is s
 (a night's files share one schema, but a store written before schema version 3 may still hold
 nights with ``calls.csv`` columns of their own until the next ``score`` run upgrades it), and the timeseries of only the plotted calls is
 read. matplotlib draws without pyplot (no global backend state; PNG would go through Agg).
+
+Examples
+--------
+>>> import tempfile, cusemo_batch as cb
+>>> store = tempfile.mkdtemp()
+>>> cb.score_nightly("examples/calls", store, device="cpu").exit_code
+0
+>>> page = cb.report.build(store, output=f"{store}/night.html")
+>>> page.name, "<svg" in page.read_text()
+('night.html', True)
 """
 
 from __future__ import annotations

@@ -81,6 +81,18 @@ class CallOutcome:
 
 @dataclass
 class Result:
+    """What an in-memory scoring returns: the four tables of the store, as polars DataFrames.
+
+    Columns as in docs/schema.md (without the run columns the nightly job adds).
+
+    Examples
+    --------
+    >>> import cusemo_batch as cb
+    >>> r = cb.score_folder("examples/calls", device="cpu")
+    >>> r.calls.height >= 4, r.errors.height
+    (True, 0)
+    """
+
     timeseries: pl.DataFrame
     calls: pl.DataFrame
     events: pl.DataFrame
@@ -103,7 +115,27 @@ def audio_hash(call: Call) -> str:
 
 
 class Scorer:
-    """Batch scorer over one ONNX model; see the module docstring."""
+    """Batch scorer over one ONNX model: decode, condition, infer, pool, analyse (module docstring).
+
+    One instance holds one onnxruntime session, so reuse it for many folders; its
+    :meth:`score_folder` / :meth:`score_files` return results in memory, ``cusemo-batch score``
+    (:func:`cusemo_batch.score_nightly`) stores them.
+
+    Parameters
+    ----------
+    model : a model file, a :class:`Model`, or None for the embedded default.
+    device : ``auto``, ``cpu`` or ``cuda`` (as :func:`cusemo_batch.load_model`).
+    threads : onnxruntime intra-op threads (default: all cores).
+    options : :class:`ScoreOptions` (default: the nightly job's defaults).
+
+    Examples
+    --------
+    >>> import cusemo_batch as cb
+    >>> s = cb.Scorer(device="cpu", options=cb.ScoreOptions.make(rate_s=1.0))
+    >>> r = s.score_files(["examples/calls/negative_end.flac"])
+    >>> float(r.timeseries["t_end_s"][0] - r.timeseries["t_start_s"][0])
+    1.0
+    """
 
     def __init__(self, model: str | Path | Model | None = None, device: str = "auto",
                  threads: int | None = None, options: ScoreOptions | None = None) -> None:

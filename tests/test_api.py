@@ -43,9 +43,20 @@ def test_options_are_keyword_only_and_flat():
 
 
 def test_docstring_examples(monkeypatch):
+    """Every public name (``cb.__all__``; ``__version__`` is a string) has an example, and it runs."""
     monkeypatch.chdir(REPO)
-    failures, tried = doctest.testmod(cb, optionflags=doctest.ELLIPSIS)
-    assert tried >= 5 and failures == 0
+    finder, runner = doctest.DocTestFinder(recurse=False), doctest.DocTestRunner(optionflags=doctest.ELLIPSIS)
+    without = []
+    for name in cb.__all__:
+        if name == "__version__":
+            continue
+        tests = [t for t in finder.find(getattr(cb, name), name, globs={}) if t.examples]
+        if not tests:
+            without.append(name)
+        for t in tests:
+            runner.run(t)
+    assert not without, f"public names without a docstring example: {without}"
+    assert runner.failures == 0 and runner.tries >= 20
 
 
 def test_score_files_matches_score_folder_for_the_same_call(tmp_path):
