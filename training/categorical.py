@@ -22,7 +22,6 @@ from __future__ import annotations
 
 import csv
 import json
-import tomllib
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -30,6 +29,7 @@ import numpy as np
 import soundfile as sf
 
 from cusemo_batch.audio import load_audio
+from cusemo_batch.tomlconfig import TomlConfigError, read_toml
 
 # Circumplex quadrants (Russell 1980); magnitudes are a documented design choice (shared/data/README.md).
 DEFAULT_MAP: dict[str, tuple[float, float]] = {
@@ -87,8 +87,10 @@ def load_map(path: str | Path | None) -> tuple[dict[str, tuple[float, float]], d
     """Category map from a TOML file (``[emotions] angry = [-0.6, 0.8]``, ``[intensity] normal = 0.7``)."""
     if path is None:
         return dict(DEFAULT_MAP), dict(DEFAULT_INTENSITY)
-    with open(path, "rb") as f:
-        data = tomllib.load(f)
+    try:
+        data = read_toml(path, "category map")
+    except TomlConfigError as e:
+        raise ManifestError(str(e)) from None
     emotions = {k: (float(v[0]), float(v[1])) for k, v in data.get("emotions", {}).items()}
     intensity = dict(DEFAULT_INTENSITY)
     intensity.update({k: float(v) for k, v in data.get("intensity", {}).items()})

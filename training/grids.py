@@ -51,12 +51,12 @@ from __future__ import annotations
 import csv
 import itertools
 import json
-import tomllib
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable, Iterable
 
 from cusemo_batch.text import is_number
+from cusemo_batch.tomlconfig import TomlConfigError, read_toml
 
 from .config import CONFIG_DIR, Config, ConfigError, from_dict, load_config
 
@@ -265,10 +265,9 @@ def load_grid(path: str | Path, *, quick: bool = False, overrides: dict[str, Any
     """
     gpath = find_grid(path)
     try:
-        with open(gpath, "rb") as f:
-            raw = tomllib.load(f)
-    except tomllib.TOMLDecodeError as e:
-        raise GridError(f"{gpath}: invalid TOML ({e})") from None
+        raw = read_toml(gpath, "grid")
+    except TomlConfigError as e:
+        raise GridError(str(e)) from None
     try:
         return _build_grid(raw, gpath, quick, dict(overrides or {}), seeds)
     except GridError as e:
