@@ -10,6 +10,12 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    import numpy as np
+
+RTTM_TOLERANCE_S = 0.5  # segments may overrun the audio by rounding; more means the RTTM is for another file
 
 
 class RTTMError(ValueError):
@@ -57,3 +63,25 @@ def read_rttm(path: str | Path) -> list[RTTMSegment]:
     if not segs:
         raise RTTMError(f"{path}: no SPEAKER lines")
     return segs
+
+
+def keep_speaker_regions(x: np.ndarray, sr: int, rttm: Path, labels: tuple[str, ...], duration: float) -> np.ndarray:
+    """Silence everything outside the RTTM regions of ``labels`` (timing preserved).
+
+    Zeros rather than cuts, so the speaker's track keeps the call's clock (the scorer's VAD then
+    treats the other speakers' turns as silence). Segments may overrun the audio by rounding
+    (``RTTM_TOLERANCE_S``); more means the RTTM belongs to another file.
+    """
+    import numpy as np
+
+    segs = read_rttm(rttm)
+    over = [s for s in segs if s.end_s > duration + RTTM_TOLERANCE_S]
+    if over:
+        raise RTTMError(f"{rttm}: {len(over)} segment(s) end after the audio ({over[0].end_s:.2f} s > {duration:.2f} s)")
+    keep = np.zeros(len(x), bool)
+    for s in segs:
+        if s.label in labels:
+            keep[int(s.onset_s * sr): int(math.ceil(s.end_s * sr))] = True
+    if not keep.any():
+        raise RTTMError(f"{rttm}: no segment for speaker label(s) {', '.join(labels)}")
+    return np.where(keep, x, np.float32(0.0)).astype(np.float32)

@@ -21,7 +21,6 @@ others go on.
 from __future__ import annotations
 
 import hashlib
-import math
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -30,31 +29,22 @@ from typing import Iterable, Iterator
 import numpy as np
 import polars as pl
 
-from . import changes, silence, timegrid
+from . import changes, silence
 from .audio import AudioError, load_channels, normalise
-from .calls import Call, CallError, RTTMError, SpeakerSource, calls_from_files, discover, read_rttm
+from .calls import Call, CallError, RTTMError, SpeakerSource, calls_from_files, discover
+from .rttm import keep_speaker_regions
 from .files import sha256_file
 from .metadata import join_metadata, read_metadata
 from .model import Model, ModelError
 from .options import ScoreOptions
 from .schema import CALL_ERROR_SCHEMA
 from .text import first_line
+from .windows import VAD_FRAME_S, SpeakerAudio, speaker_windows
 
 __all__ = ["Scorer", "ScoreOptions", "Result", "CallOutcome", "DEFAULT_MODEL", "join_metadata", "errors_frame"]
 
 DEFAULT_MODEL = Path(__file__).parent / "models" / "cusemo-default.onnx"
-VAD_FRAME_S = 0.02  # speech/non-speech decision every 20 ms (speech_ratio and silence compression)
 FIRST_WAVE_S = 120.0  # audio seconds in the first inference wave (pipeline fill)
-RTTM_TOLERANCE_S = 0.5  # segments may overrun the audio by rounding; more means the RTTM is for another file
-
-
-@dataclass
-class SpeakerAudio:
-    speaker: str
-    audio: np.ndarray  # compressed, normalised, at the model rate
-    time_map: silence.TimeMap
-    speech: np.ndarray  # VAD frames (bool) in original time
-    duration_s: float  # original
 
 
 @dataclass
@@ -182,7 +172,7 @@ class Scorer:
             raise TooShortError(f"speaker {src.speaker}: {duration:.3f} s of audio is shorter than one model "
                                 f"frame ({m.hop / m.sample_rate:.3f} s)")
         if src.rttm is not None:
-            x = _keep_rttm_regions(x, m.sample_rate, src.rttm, src.rttm_labels, duration)
+            x = keep_speaker_regions(x, m.sample_rate, src.rttm, src.rttm_labels, duration)
         speech = silence.detect_speech(x, m.sample_rate, VAD_FRAME_S)
         if not speech.any():
             raise NoSpeechError(f"speaker {src.speaker}: no speech detected in {duration:.1f} s of audio")
@@ -242,29 +232,8 @@ class Scorer:
     # ------------------------------------------------------------------------- to call time
     def timeseries(self, call_id: str, item: SpeakerAudio, frames: dict[str, np.ndarray]) -> pl.DataFrame:
         """Frame outputs -> ``rate`` windows in original call time, with the speech ratio."""
-        m, rate = self.model, self.options.rate_s
-        n_win = max(1, math.ceil(item.duration_s / rate - 1e-9))
-        # training's overlap pooling, on each frame's pieces in call time (timegrid's docstring)
-        starts, ends, owner = item.time_map.frame_pieces(len(frames["valence"]), 1 / m.frame_rate)
-        pooled = timegrid.pool_intervals(np.stack([frames[k] for k in m.outputs], axis=1), starts, ends, owner,
-                                         rate, n_win)
-        cols = dict(zip(m.outputs, pooled.T))
-        vad_s = silence.frame_hop(m.sample_rate, VAD_FRAME_S) / m.sample_rate
-        vad_win = np.clip(((np.arange(len(item.speech)) + 0.5) * vad_s / rate).astype(np.int64), 0, n_win - 1)
-        speech_ratio = np.bincount(vad_win, weights=item.speech.astype(np.float64), minlength=n_win) * vad_s / rate
-        starts = np.arange(n_win) * rate
-        df = pl.DataFrame({
-            "call_id": [call_id] * n_win,
-            "speaker": [item.speaker] * n_win,
-            "t_start_s": starts,
-            "t_end_s": np.minimum(starts + rate, item.duration_s),
-            # the linear heads can overshoot the annotation scale the model was trained on
-            "valence": np.clip(cols["valence"], -1.0, 1.0),
-            "arousal": np.clip(cols["arousal"], -1.0, 1.0),
-            **{name: cols[name] for name in m.outputs[2:]},
-            "speech_ratio": np.clip(speech_ratio, 0.0, 1.0),
-        })
-        return df.with_columns(pl.col("valence", "arousal").fill_nan(None))
+        m = self.model
+        return speaker_windows(call_id, item, frames, m.outputs, m.frame_rate, m.sample_rate, self.options.rate_s)
 
     # ------------------------------------------------------------------------------ pipeline
     def iter_outcomes(self, calls: list[Call], skip=None) -> Iterator[CallOutcome]:
@@ -454,21 +423,6 @@ class NoSpeechError(ScoringInputError):
 
 class TooShortError(ScoringInputError):
     pass
-
-
-def _keep_rttm_regions(x: np.ndarray, sr: int, rttm: Path, labels: tuple[str, ...], duration: float) -> np.ndarray:
-    """Silence everything outside the RTTM regions of ``labels`` (timing preserved)."""
-    segs = read_rttm(rttm)
-    over = [s for s in segs if s.end_s > duration + RTTM_TOLERANCE_S]
-    if over:
-        raise RTTMError(f"{rttm}: {len(over)} segment(s) end after the audio ({over[0].end_s:.2f} s > {duration:.2f} s)")
-    keep = np.zeros(len(x), bool)
-    for s in segs:
-        if s.label in labels:
-            keep[int(s.onset_s * sr): int(math.ceil(s.end_s * sr))] = True
-    if not keep.any():
-        raise RTTMError(f"{rttm}: no segment for speaker label(s) {', '.join(labels)}")
-    return np.where(keep, x, np.float32(0.0)).astype(np.float32)
 
 
 def _file_of(e: BaseException, call: Call) -> str:
