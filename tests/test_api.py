@@ -1,4 +1,4 @@
-"""The public API at the top of the package, its docstring examples, and every README Python snippet."""
+"""The public API at the top of the package, its docstring examples, and every README/docs snippet."""
 
 import doctest
 import re
@@ -81,22 +81,38 @@ def test_score_nightly_takes_a_call_list_and_an_engine(tmp_path):
     assert cb.score_files([REPO / "examples" / "calls" / "negative_end.flac"]).calls["metadata"].to_list() == ["{}"]
 
 
-def _readme_snippets() -> list[str]:
-    return re.findall(r"```python\n(.*?)```", (REPO / "README.md").read_text(), flags=re.S)
+DOCS = [REPO / "README.md", *sorted((REPO / "docs").glob("*.md"))]
 
 
-def test_every_readme_python_snippet_runs(tmp_path):
-    """In a fresh folder holding the demo calls and the store the README's first command writes."""
+def _snippets(kind: str) -> list[tuple[str, str]]:
+    """(file, code) of every Python block (``kind="python"``) or ``duckdb -c "..."`` query in the docs."""
+    pattern = r"```python\n(.*?)```" if kind == "python" else r'duckdb -c "(.*?)"'
+    return [(p.name, m) for p in DOCS for m in re.findall(pattern, p.read_text(), flags=re.S)]
+
+
+def test_every_docs_snippet_runs(tmp_path):
+    """README and docs/*.md: every Python block and every DuckDB query, in a fresh folder holding the
+    demo calls and the store the README's first command writes (``OUT`` in docs = that store)."""
+    duckdb = pytest.importorskip("duckdb")
     (tmp_path / "examples").symlink_to(REPO / "examples")
     r = subprocess.run([sys.executable, "-m", "cusemo_batch", "score", "examples/calls", "--out", "out/emotion",
                         "--roles", "SPEAKER_00=agent,SPEAKER_01=client"], cwd=tmp_path, capture_output=True,
                        text=True, timeout=300)
     assert r.returncode == 0, r.stderr
-    snippets = _readme_snippets()
-    assert len(snippets) >= 2
-    for i, code in enumerate(snippets):
+    python = _snippets("python")
+    assert {name for name, _ in python} >= {"README.md", "scoring.md"} and len(python) >= 3
+    for name, code in python:
         r = subprocess.run([sys.executable, "-c", code], cwd=tmp_path, capture_output=True, text=True, timeout=300)
-        assert r.returncode == 0, f"README snippet {i}:\n{code}\n{r.stderr[-2000:]}"
+        assert r.returncode == 0, f"{name} snippet:\n{code}\n{r.stderr[-2000:]}"
+    queries = _snippets("duckdb")
+    assert len(queries) >= 5
+    con = duckdb.connect()
+    for name, sql in queries:
+        sql = sql.replace("'OUT/", f"'{tmp_path}/out/emotion/").replace("'out/emotion/", f"'{tmp_path}/out/emotion/")
+        try:
+            con.sql(sql).fetchall()
+        except duckdb.Error as e:
+            pytest.fail(f"{name} query failed: {sql}\n{e}")
 
 
 def test_training_config_and_data_identity_do_not_import_torch():
