@@ -316,6 +316,7 @@ def run_seeds(run: Path | None) -> dict | None:
     return {"per_seed": per_seed, "summary": summary}
 
 
+# Long on purpose: the report's sections in the order they print; each is a few table rows.
 def markdown(res: dict) -> str:
     s = res["split"]
     m = res["model"]
@@ -468,6 +469,7 @@ def prepare(args: argparse.Namespace, model: Model, bin_s: float) -> Setup:
                  model_train_sha)
 
 
+# Long on purpose: a script's main, read top to bottom (arguments, the runs, the table, the JSON).
 def main(args: argparse.Namespace) -> dict:
     t_start = time.perf_counter()
     timings: dict[str, float] = {}

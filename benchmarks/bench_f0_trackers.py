@@ -198,6 +198,7 @@ def agreement(ref: list[dict], got: list[dict], min_voiced: float) -> dict:
 
 
 # ------------------------------------------------------------------------------------------- main
+# Long on purpose: a script's main, read top to bottom (arguments, the runs, the table, the JSON).
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0], formatter_class=argparse.RawTextHelpFormatter)
     ap.add_argument("--corpus", type=Path, help="pseudo-call corpus (audio/*.flac, one speaker per file)")

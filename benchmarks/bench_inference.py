@@ -70,6 +70,7 @@ def gemm_gflops(n: int = 2048, repeats: int = 5) -> float:
     return 2 * n**3 / best_of(lambda: a @ b, repeats) / 1e9
 
 
+# Long on purpose: a script's main, read top to bottom (arguments, the runs, the table, the JSON).
 def main() -> None:
     torch.set_num_threads(ARGS.threads)
     if ARGS.checkpoint:

@@ -134,6 +134,7 @@ def estimate(per_call_cpu_s: float, audio_per_call_s: float, fixed_s: float, dri
     return rows
 
 
+# Long on purpose: a script's main, read top to bottom (arguments, the runs, the table, the JSON).
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--calls", type=int, default=60)

@@ -475,6 +475,7 @@ def model_info(m: Model) -> dict:
             "recorded_test_ccc": m.metadata.get("test_ccc")}
 
 
+# Long on purpose: a script's main, read top to bottom (arguments, the runs, the table, the JSON).
 def main(args: argparse.Namespace) -> dict:
     t_start = time.perf_counter()
     timings: dict[str, float] = {}

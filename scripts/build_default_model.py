@@ -56,6 +56,7 @@ def stability(run: Path, seeds: list[int]) -> dict:
     return out
 
 
+# Long on purpose: a script's main, read top to bottom (arguments, the runs, the table, the JSON).
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--data", type=Path, default=REPO.parent / "shared" / "data" / "ravdess")

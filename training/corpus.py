@@ -108,21 +108,56 @@ def read_track(path: Path, magnitude: float = 1000.0, max_gap_s: float = 2.0,
     except (OSError, UnicodeDecodeError) as e:
         problems.append(Problem(name, None, f"cannot read track ({e.__class__.__name__})"))
         return None
+    header = _header(rows, name, magnitude, problems)
+    if header is None:
+        return None
+    first_data, magnitude = header
+    times, vals, aros, lines = _numbers(rows, first_data, name, problems)
+    if not times:
+        problems.append(Problem(name, None, "track has no data rows"))
+        return None
+    t = np.asarray(times)
+    for k in range(1, len(t)):
+        if not t[k] > t[k - 1]:
+            problems.append(Problem(name, lines[k], f"time {t[k]:g} is not after the previous {t[k-1]:g}"))
+            return None
+    bin_s = float(np.median(np.diff(t))) if len(t) > 1 else float(t[0])
+    if bin_s <= 0 or not np.allclose(np.diff(t), bin_s, rtol=0.02, atol=1e-3):
+        bad = int(np.argmax(~np.isclose(np.diff(t), bin_s, rtol=0.02, atol=1e-3))) + 1
+        problems.append(Problem(name, lines[bad], f"irregular time step (expected {bin_s:g} s)"))
+    if not np.isclose(t[0], bin_s, rtol=0.02, atol=1e-3):
+        problems.append(Problem(name, lines[0], f"first bin ends at {t[0]:g} s, expected {bin_s:g} s "
+                                                "(times are bin ends, starting at 0)"))
+    arrays = [_checked_values(label, np.asarray(x), bin_s, magnitude, max_gap_s, lines, name, problems)
+              for label, x in (("valence", vals), ("arousal", aros))]
+    if len(problems) > n_before:
+        return None
+    return Track(path.stem, path, bin_s, t, arrays[0], arrays[1], magnitude)
+
+
+def _header(rows: list[list[str]], name: str, magnitude: float,
+            problems: list[Problem]) -> tuple[int, float] | None:
+    """(index of the first data row, magnitude): DARMA exports carry metadata rows (one may set the
+    Magnitude), a header and a separator row; plain tracks one header row. None when neither."""
     sep = next((i for i, r in enumerate(rows) if r and r[0].strip() == DARMA_SEPARATOR), None)
-    if sep is not None:  # DARMA: metadata rows, header row, separator row, data rows
+    if sep is not None:
         for r in rows[: max(sep - 1, 0)]:
             if len(r) >= 2 and r[0].strip().lower() == "magnitude":
                 try:
                     magnitude = float(r[1])
                 except ValueError:
                     problems.append(Problem(name, rows.index(r) + 1, f"bad Magnitude {r[1]!r}"))
-        first_data = sep + 1
-    else:
-        if not rows or not rows[0] or rows[0][0].strip().lower() not in ("time_s", "time", "second"):
-            problems.append(Problem(name, 1, "neither a DARMA export (no %%%%%% separator row) nor a "
-                                             "plain track (header time_s,valence,arousal)"))
-            return None
-        first_data = 1
+        return sep + 1, magnitude
+    if not rows or not rows[0] or rows[0][0].strip().lower() not in ("time_s", "time", "second"):
+        problems.append(Problem(name, 1, "neither a DARMA export (no %%%%%% separator row) nor a "
+                                         "plain track (header time_s,valence,arousal)"))
+        return None
+    return 1, magnitude
+
+
+def _numbers(rows: list[list[str]], first_data: int, name: str,
+             problems: list[Problem]) -> tuple[list[float], list[float], list[float], list[int]]:
+    """Time, valence, arousal and file line of every data row (empty cells -> NaN, bad rows -> problems)."""
     times, vals, aros, lines = [], [], [], []
     for i in range(first_data, len(rows)):
         r = rows[i]
@@ -139,40 +174,25 @@ def read_track(path: Path, magnitude: float = 1000.0, max_gap_s: float = 2.0,
             problems.append(Problem(name, i + 1, f"not a number in {r[:3]}"))
             continue
         times.append(t), vals.append(v), aros.append(a), lines.append(i + 1)
-    if not times:
-        problems.append(Problem(name, None, "track has no data rows"))
-        return None
-    t = np.asarray(times)
-    for k in range(1, len(t)):
-        if not t[k] > t[k - 1]:
-            problems.append(Problem(name, lines[k], f"time {t[k]:g} is not after the previous {t[k-1]:g}"))
-            return None
-    bin_s = float(np.median(np.diff(t))) if len(t) > 1 else float(t[0])
-    if bin_s <= 0 or not np.allclose(np.diff(t), bin_s, rtol=0.02, atol=1e-3):
-        bad = int(np.argmax(~np.isclose(np.diff(t), bin_s, rtol=0.02, atol=1e-3))) + 1
-        problems.append(Problem(name, lines[bad], f"irregular time step (expected {bin_s:g} s)"))
-    if not np.isclose(t[0], bin_s, rtol=0.02, atol=1e-3):
-        problems.append(Problem(name, lines[0], f"first bin ends at {t[0]:g} s, expected {bin_s:g} s "
-                                                "(times are bin ends, starting at 0)"))
-    arrays = []
-    for label, x in (("valence", np.asarray(vals)), ("arousal", np.asarray(aros))):
-        finite = np.isfinite(x)
-        for k in np.flatnonzero(finite & (np.abs(x) > magnitude)):
-            problems.append(Problem(name, lines[k], f"{label} {x[k]:g} outside ±{magnitude:g}"))
-        if not finite.any():
-            problems.append(Problem(name, None, f"{label}: no values"))
-            arrays.append(x)
-            continue
-        for start, stop in _nan_runs(~finite):
-            if (stop - start) * bin_s > max_gap_s:
-                problems.append(Problem(name, lines[start], f"{label}: gap of {(stop - start) * bin_s:g} s "
-                                                            f"(> {max_gap_s:g} s) of empty bins"))
-        idx = np.arange(len(x))
-        x = np.interp(idx, idx[finite], x[finite])  # edges held at the nearest value
-        arrays.append(x)
-    if len(problems) > n_before:
-        return None
-    return Track(path.stem, path, bin_s, t, arrays[0], arrays[1], magnitude)
+    return times, vals, aros, lines
+
+
+def _checked_values(label: str, x: np.ndarray, bin_s: float, magnitude: float, max_gap_s: float,
+                    lines: list[int], name: str, problems: list[Problem]) -> np.ndarray:
+    """One dimension: values beyond the magnitude and long empty gaps are problems; short gaps are
+    interpolated (edges held at the nearest value)."""
+    finite = np.isfinite(x)
+    for k in np.flatnonzero(finite & (np.abs(x) > magnitude)):
+        problems.append(Problem(name, lines[k], f"{label} {x[k]:g} outside ±{magnitude:g}"))
+    if not finite.any():
+        problems.append(Problem(name, None, f"{label}: no values"))
+        return x
+    for start, stop in _nan_runs(~finite):
+        if (stop - start) * bin_s > max_gap_s:
+            problems.append(Problem(name, lines[start], f"{label}: gap of {(stop - start) * bin_s:g} s "
+                                                        f"(> {max_gap_s:g} s) of empty bins"))
+    idx = np.arange(len(x))
+    return np.interp(idx, idx[finite], x[finite])
 
 
 def _nan_runs(isnan: np.ndarray) -> list[tuple[int, int]]:

@@ -32,8 +32,6 @@ def tune(corpus_dir: str | Path, out_dir: str | Path, base: Config, params: Iter
     the training seeds of ``base``). Study in ``out_dir/study.db`` (SQLite; resumed when present)."""
     import optuna
 
-    from .loop import run_training
-
     params = list(dict.fromkeys(params))
     _check_search(params, objective, low, high, log_scale, trials)
     corpus_dir = Path(corpus_dir)
@@ -60,27 +58,7 @@ def tune(corpus_dir: str | Path, out_dir: str | Path, base: Config, params: Iter
 
     def objective_fn(trial) -> float:
         values = {p: trial.suggest_float(p, low, high, log=log_scale) for p in params}
-        cfg = base.with_overrides(loss=values)
-        d = cfg.to_dict()
-        d["name"] = f"{name}:{_trial_slug(values)}"
-        cfg = from_dict(d)
-        run_dir = out_dir / "trials" / _trial_slug(values)
-        log(f"trial {trial.number}: {_trial_slug(values)}")
-        summary = run_training(corpus_dir, cfg, run_dir, log=log)
-        got = {}
-        for part in ("dev", "test"):
-            for dim in ("valence", "arousal"):
-                s = summary.get(f"{part}_{dim}")
-                got[f"{part}_{dim}"] = s["mean"] if s else None
-                trial.set_user_attr(f"{part}_{dim}", got[f"{part}_{dim}"])
-        trial.set_user_attr("run_dir", str(run_dir))
-        dv, da = got["dev_valence"], got["dev_arousal"]
-        score = {"valence": dv, "arousal": da,
-                 "mean": None if dv is None or da is None else (dv + da) / 2}[objective]
-        score = score if score is not None and math.isfinite(score) else -1.0
-        log(f"trial {trial.number}: dev CCC {objective} {score:.3f}; test valence "
-            f"{_n(got['test_valence'])} arousal {_n(got['test_arousal'])}")
-        return score
+        return _run_trial(trial, values, base, name, corpus_dir, out_dir, objective, log)
 
     remaining = max(0, trials - done)
     if done:
@@ -94,6 +72,33 @@ def tune(corpus_dir: str | Path, out_dir: str | Path, base: Config, params: Iter
     return result
 
 
+
+
+def _run_trial(trial, values: dict[str, float], base: Config, study_name: str, corpus_dir: Path, out_dir: Path,
+               objective: str, log: Log) -> float:
+    """Train one trial's seeds (resumable run dir named by its values) and return its dev objective;
+    dev and test means are kept as trial attributes for the summary (test is reported, never used)."""
+    from .loop import run_training
+
+    d = base.with_overrides(loss=values).to_dict()
+    d["name"] = f"{study_name}:{_trial_slug(values)}"
+    cfg = from_dict(d)
+    run_dir = out_dir / "trials" / _trial_slug(values)
+    log(f"trial {trial.number}: {_trial_slug(values)}")
+    summary = run_training(corpus_dir, cfg, run_dir, log=log)
+    got = {}
+    for part in ("dev", "test"):
+        for dim in ("valence", "arousal"):
+            s = summary.get(f"{part}_{dim}")
+            got[f"{part}_{dim}"] = s["mean"] if s else None
+            trial.set_user_attr(f"{part}_{dim}", got[f"{part}_{dim}"])
+    trial.set_user_attr("run_dir", str(run_dir))
+    dv, da = got["dev_valence"], got["dev_arousal"]
+    score = {"valence": dv, "arousal": da, "mean": None if dv is None or da is None else (dv + da) / 2}[objective]
+    score = score if score is not None and math.isfinite(score) else -1.0
+    log(f"trial {trial.number}: dev CCC {objective} {score:.3f}; test valence "
+        f"{_n(got['test_valence'])} arousal {_n(got['test_arousal'])}")
+    return score
 
 def _check_search(params: list[str], objective: str, low: float, high: float, log_scale: bool, trials: int) -> None:
     """ValueError (one line, for the CLI) on a search that cannot run."""
