@@ -39,7 +39,8 @@ from .model import Model, ModelError
 from .options import ScoreOptions
 from .schema import CALL_ERROR_SCHEMA
 from .text import first_line
-from .windows import VAD_FRAME_S, SpeakerAudio, speaker_windows
+from .silence import VAD_FRAME_S
+from .windows import SpeakerAudio, speaker_windows
 
 __all__ = ["Scorer", "ScoreOptions", "Result", "CallOutcome", "DEFAULT_MODEL", "join_metadata", "errors_frame"]
 

@@ -49,6 +49,9 @@ ENERGY_FLOOR_DB = -120.0  # energy of digital silence (avoids log(0))
 # Version of detect_speech's decisions; part of the scorer's result hash, so stored results made
 # with other decisions are rescored. 2: the threshold's floor became relative (range_db).
 VAD_VERSION = 2
+# The scorer's VAD frame: a speech/non-speech decision every 20 ms (silence compression and the
+# timeseries speech_ratio).
+VAD_FRAME_S = 0.02
 # The paper's silence rule, the one default for training, scoring and curation: a silence longer
 # than MIN_SILENCE_S becomes KEEP_SILENCE_S of it (what the model saw in training, so scoring too).
 MIN_SILENCE_S = 3.0

@@ -17,9 +17,6 @@ import polars as pl
 
 from . import silence, timegrid
 
-VAD_FRAME_S = 0.02  # speech/non-speech decision every 20 ms (speech_ratio and silence compression)
-
-
 @dataclass
 class SpeakerAudio:
     """One speaker of a decoded call, ready for the model: what the scorer infers on and pools back."""
@@ -32,14 +29,13 @@ class SpeakerAudio:
 
 
 def speaker_windows(call_id: str, item: SpeakerAudio, frames: dict[str, np.ndarray], outputs: Sequence[str],
-                    frame_rate: float, sample_rate: int, rate_s: float) -> pl.DataFrame:
-    """One speaker's timeseries rows: every output pooled into ``rate_s`` windows, and the speech ratio."""
-    rate = rate_s
+                    frame_rate: float, sample_rate: int, rate: float) -> pl.DataFrame:
+    """One speaker's timeseries rows: every output pooled into ``rate``-second windows, and the speech ratio."""
     n_win = max(1, math.ceil(item.duration_s / rate - 1e-9))
-    starts, ends, owner = item.time_map.frame_pieces(len(frames["valence"]), 1 / frame_rate)
-    pooled = timegrid.pool_intervals(np.stack([frames[k] for k in outputs], axis=1), starts, ends, owner, rate, n_win)
+    p_start, p_end, owner = item.time_map.frame_pieces(len(frames["valence"]), 1 / frame_rate)
+    pooled = timegrid.pool_intervals(np.stack([frames[k] for k in outputs], axis=1), p_start, p_end, owner, rate, n_win)
     cols = dict(zip(outputs, pooled.T))
-    vad_s = silence.frame_hop(sample_rate, VAD_FRAME_S) / sample_rate
+    vad_s = silence.frame_hop(sample_rate, silence.VAD_FRAME_S) / sample_rate
     vad_win = np.clip(((np.arange(len(item.speech)) + 0.5) * vad_s / rate).astype(np.int64), 0, n_win - 1)
     speech_ratio = np.bincount(vad_win, weights=item.speech.astype(np.float64), minlength=n_win) * vad_s / rate
     starts = np.arange(n_win) * rate

@@ -313,7 +313,7 @@ def _quantize_int8(model: CRNN, md: dict[str, str], fp32: Path, tmp: Path, name:
     scheme = {"dynamic": list(QUANT_OPS), "row_scaled_convs": convs, "calibration_s": calib_s}
     final = _stamp_pair(q_whole, q_stream, tmp / "int8" / name,
                         {**md, "quantized": "int8", "quantization": json.dumps(scheme)})
-    val = load_validation(validation, model.config.sample_rate, md["normalisation"]) if validation else []
+    val = load_validation(validation, c.sample_rate, md["normalisation"]) if validation else []
     result.quantization = compare_quantized(Model(fp32, device="cpu"), Model(final, device="cpu"),
                                             audios, val, log=log)
     result.quantization.int8_convs = tuple(convs)
