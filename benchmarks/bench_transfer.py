@@ -1,5 +1,6 @@
 """Transfer benchmark (issue 14, deliverable 4): channel, level and cross-corpus robustness of the
-CRNN (fp32 and int8 ONNX) against eGEMAPS + ridge, every row computed for all three systems.
+CRNN (fp32 and int8 ONNX) against eGEMAPS + ridge (fitted on clean audio, and on the CRNN's own
+augmented, normalised training audio), every row computed for every system.
 
     python benchmarks/bench_transfer.py --run build/default/run --corpus build/default/corpus \\
         --model build/default/int8/cusemo-default.onnx --fp32 build/default/cusemo-default.onnx \\
@@ -24,6 +25,11 @@ Systems
   condition the 88 functionals are **re-extracted from the conditioned audio** (openSMILE sees the
   level and the channel) and fed to that same fitted model. Features are cached per (call,
   condition), keyed by the samples (``accuracy_lib.cached_windows_of_array``), so re-runs are cheap.
+* **eGEMAPS + ridge, same data** (``--same-data-lines``, 3; 0 leaves it out): the same features and
+  ridge, fitted on what the CRNN was trained on -- every TRAIN call through ``--same-data-lines``
+  random lines of the run's own ``[augment]`` and then the model's input normalisation -- and fed
+  every condition's audio after that normalisation, as the scorer feeds the CRNN
+  (``same_data_baseline.py`` says why). The summary compares the CRNN with both baselines.
 
 Rows (the benchmark only reports; nothing here selects a model)
 ------------------------------------------------------------------
@@ -52,7 +58,7 @@ Rows (the benchmark only reports; nothing here selects a model)
 4. **Change events** (+-``--tolerance-s``, 2 s) on the clean test pseudo-calls: F1 per dimension,
    as in ``bench_accuracy.py``, with the VAD's speech ratio (production) and with 1.0 (wall clock).
 
-Summary: per row, whether CRNN int8 >= eGEMAPS + ridge, and |int8 - fp32| (issue 14 asks for int8
+Summary: per row, whether CRNN int8 >= each eGEMAPS baseline, and |int8 - fp32| (issue 14 asks for int8
 within 0.01 CCC of fp32 on every row).
 
 Outputs: Markdown (printed and ``--out-md``) and JSON (``--out-json``, every number, the command,
@@ -96,6 +102,8 @@ def _args(argv=None) -> argparse.Namespace:
     c.add_argument("--telephone-snr-db", type=float, default=20.0, help="noise of the telephone row")
     c.add_argument("--channel-seed", type=int, default=0, help="base of the per-call noise seeds")
     c.add_argument("--baved-level-dbfs", type=float, default=-26.0, help="BAVED fixed-level row")
+    c.add_argument("--same-data-lines", type=int, default=3,
+                   help="random lines per TRAIN call for the same-data eGEMAPS baseline (0 = leave it out)")
     bench_args.add_method_args(p, "method (as bench_accuracy.py)")
     bench_args.add_resource_args(p, RESULTS / "transfer.md", RESULTS / "transfer.json")
     return bench_args.parse_with_split(p, argv)
@@ -109,6 +117,7 @@ import numpy as np  # noqa: E402
 
 import accuracy_lib as lib  # noqa: E402
 import bench_accuracy as acc  # noqa: E402
+import same_data_baseline as sdb  # noqa: E402
 
 from cusemo_batch import channel, level  # noqa: E402
 from cusemo_batch.audio import load_audio, normalise  # noqa: E402
@@ -117,7 +126,9 @@ from cusemo_batch.model import Model  # noqa: E402
 from cusemo_batch.scorer import DEFAULT_MODEL, VAD_FRAME_S  # noqa: E402
 
 DIMS = acc.DIMS
-SYSTEMS = {"crnn_fp32": "CRNN fp32", "crnn_int8": "CRNN int8", "egemaps_ridge": "eGEMAPS + ridge"}
+SYSTEMS = {"crnn_fp32": "CRNN fp32", "crnn_int8": "CRNN int8", "egemaps_ridge": "eGEMAPS + ridge",
+           "egemaps_same": "eGEMAPS + ridge, same data"}
+BASELINES = {"egemaps_ridge": "egemaps", "egemaps_same": "egemaps_same"}  # system -> verdict key
 INT8_TOLERANCE = 0.01  # issue 14: int8 within 0.01 CCC of fp32 on every row
 log = acc.log
 fmt = acc.fmt
@@ -185,7 +196,8 @@ def audio_stats(xs: list[np.ndarray], sample_rate: int) -> dict:
 
 # ----------------------------------------------------------------------------------- RAVDESS rows
 def score_condition(cond: Condition, test: list, crnns: dict[str, Model], fitted: dict, clean_windows: dict,
-                    args, sample_rate: int, bin_s: float) -> tuple[dict, dict]:
+                    args, sample_rate: int, bin_s: float,
+                    same: sdb.SameDataBaseline | None = None) -> tuple[dict, dict]:
     """Predictions of every system on the test calls through ``cond``, and the audio statistics."""
     xs = {c.call_id: cond.apply(c.x, sample_rate, c.call_id) for c in test}
     preds = {key: {c.call_id: acc.crnn_bins(m, xs[c.call_id], c.n, bin_s) for c in test} for key, m in crnns.items()}
@@ -196,6 +208,11 @@ def score_condition(cond: Condition, test: list, crnns: dict[str, Model], fitted
         windows = {c.call_id: lib.cached_windows_of_array(f"{c.call_id}-{cond.key}", xs[c.call_id], sample_rate,
                                                           args.window_s, bin_s, cache) for c in test}
     preds["egemaps_ridge"] = acc.predict_egemaps(fitted, test, windows, bin_s)
+    if same is not None:  # the condition's audio, then the model's normalisation (as the scorer)
+        cache = Path(args.cache) if args.cache else None
+        norm = {c.call_id: lib.cached_windows_of_array(f"{c.call_id}-{cond.key}-norm", same.prepare(xs[c.call_id]),
+                                                       sample_rate, args.window_s, bin_s, cache) for c in test}
+        preds["egemaps_same"] = acc.predict_egemaps(same.fitted, test, norm, bin_s)
     return preds, audio_stats(list(xs.values()), sample_rate)
 
 
@@ -243,11 +260,13 @@ def crnn_file_score(model: Model, x: np.ndarray, speech: np.ndarray) -> float:
 
 
 def baved_scores(root: Path, files: list[dict], conds: dict[str, Callable], crnns: dict[str, Model],
-                 arousal_ridge, columns: list[str], cache: Path | None, sample_rate: int) -> dict:
+                 arousal_ridge, columns: list[str], cache: Path | None, sample_rate: int,
+                 same: sdb.SameDataBaseline | None = None) -> dict:
     """condition -> system -> one arousal score per file (float64, manifest order)."""
     hop = next(iter(crnns.values())).hop
-    scores = {k: {s: [] for s in [*crnns, "egemaps_ridge"]} for k in conds}
-    feats: dict[str, list[np.ndarray]] = {k: [] for k in conds}
+    eg = {"egemaps_ridge": lambda x: x, **({"egemaps_same": same.prepare} if same is not None else {})}
+    scores = {k: {s: [] for s in [*crnns, *eg]} for k in conds}
+    feats: dict[tuple[str, str], list[np.ndarray]] = {(k, s): [] for k in conds for s in eg}
     t0 = time.perf_counter()
     for i, f in enumerate(files, 1):
         x = load_audio(root / f["file"], sample_rate)
@@ -256,15 +275,18 @@ def baved_scores(root: Path, files: list[dict], conds: dict[str, Callable], crnn
             speech = lib.speech_frames(xc, sample_rate, len(xc) // hop, hop / sample_rate, VAD_FRAME_S)
             for s, m in crnns.items():
                 scores[key][s].append(crnn_file_score(m, xc, speech))
-            v, cols = lib.cached_file_functionals(f"baved-{Path(f['file']).stem}-{key}", xc, sample_rate, cache)
-            if cols != columns:
-                sys.exit("eGEMAPS: whole-file functionals differ in columns from the training windows")
-            feats[key].append(v)
+            for s, prep in eg.items():
+                name = f"baved-{Path(f['file']).stem}-{key}" + ("-norm" if s == "egemaps_same" else "")
+                v, cols = lib.cached_file_functionals(name, prep(xc), sample_rate, cache)
+                if cols != columns:
+                    sys.exit("eGEMAPS: whole-file functionals differ in columns from the training windows")
+                feats[key, s].append(v)
         if i % 250 == 0 or i == len(files):
             log(f"  BAVED {i}/{len(files)} files ({time.perf_counter() - t0:.0f} s)")
-    for key in conds:
-        X = np.nan_to_num(np.stack(feats[key]), nan=0.0, posinf=0.0, neginf=0.0)
-        scores[key]["egemaps_ridge"] = arousal_ridge.predict_vectors(X)
+    ridges = {"egemaps_ridge": arousal_ridge, **({"egemaps_same": same.fitted["arousal"]} if same is not None else {})}
+    for (key, s), rows in feats.items():
+        X = np.nan_to_num(np.stack(rows), nan=0.0, posinf=0.0, neginf=0.0)
+        scores[key][s] = ridges[s].predict_vectors(X)
     return {k: {s: np.asarray(v, dtype=np.float64) for s, v in d.items()} for k, d in scores.items()}
 
 
@@ -291,13 +313,16 @@ class Row:
     values: dict[str, float]
 
     def verdict(self) -> dict:
-        """int8 vs eGEMAPS and |int8 - fp32| (NaN where a system is missing)."""
+        """int8 vs each eGEMAPS baseline and |int8 - fp32| (NaN / None where a system is missing)."""
         i8 = self.values.get("crnn_int8", math.nan)
-        eg = self.values.get("egemaps_ridge", math.nan)
         fp = self.values.get("crnn_fp32", math.nan)
         d_fp = abs(i8 - fp)
-        return {"int8_minus_egemaps": i8 - eg, "int8_ge_egemaps": bool(i8 >= eg) if math.isfinite(i8 - eg) else None,
-                "abs_int8_minus_fp32": d_fp,
+        out = {}
+        for system, key in BASELINES.items():
+            diff = i8 - self.values.get(system, math.nan)
+            out[f"int8_minus_{key}"] = diff
+            out[f"int8_ge_{key}"] = bool(diff >= 0) if math.isfinite(diff) else None
+        return {**out, "abs_int8_minus_fp32": d_fp,
                 "int8_within_tolerance": bool(d_fp <= INT8_TOLERANCE) if math.isfinite(d_fp) else None}
 
 
@@ -343,7 +368,13 @@ def markdown(res: dict) -> str:
                                                 for n in acc.SPLITS),
               "- eGEMAPS + ridge: fitted on clean TRAIN, chosen on clean DEV: " + "; ".join(
                   f"{d} alpha {eg[d]['alpha']:g}, delay {eg[d]['delay_s']:g} s" for d in DIMS)
-              + "; features re-extracted per condition",
+              + "; features re-extracted per condition"]
+    if res.get("egemaps_same"):
+        es = res["egemaps_same"]
+        lines.append(f"- eGEMAPS + ridge, same data: TRAIN = {es['training_audio']}; chosen on DEV: " + "; ".join(
+            f"{d} alpha {es['chosen'][d]['alpha']:g}, delay {es['chosen'][d]['delay_s']:g} s" for d in DIMS)
+            + "; every condition's audio normalised as the model's input")
+    lines += [
               "- conditions: " + "; ".join(f"**{c['label']}** = {c['description']}" for c in res["conditions"])]
     if res.get("baved"):
         b = res["baved"]
@@ -372,21 +403,25 @@ def yes_no(v) -> str:
 
 def summary_md(res: dict) -> list[str]:
     rows, sm = res["rows"], res["summary"]
-    ge, out = sm["int8_ge_egemaps_rows"], sm["int8_outside_tolerance_rows"]
-    lines = ["## Summary", "",
-             f"- CRNN int8 >= eGEMAPS + ridge on {len(ge)} of {sm['rows']} rows"
-             + (f" (rows {', '.join(map(str, ge))})" if ge else "") + ".",
-             f"- |int8 - fp32|: largest {fmt(sm['max_abs_int8_minus_fp32'])} "
-             f"(row {sm['max_abs_int8_minus_fp32_row']}); "
-             f"within {INT8_TOLERANCE:g} on {sm['int8_within_tolerance']} of {sm['rows_with_fp32']} rows"
-             + (f" (not on rows {', '.join(map(str, out))})" if out else "") + ".", "",
-             "| # | condition | metric | int8 - eGEMAPS | int8 >= eGEMAPS | abs(int8 - fp32) | "
-             f"within {INT8_TOLERANCE:g} |", "|---:|---|---|---:|:---:|---:|:---:|"]
+    out = sm["int8_outside_tolerance_rows"]
+    baselines = [(s, k) for s, k in BASELINES.items() if s in res["systems"]]
+    lines = ["## Summary", ""]
+    for system, key in baselines:
+        ge = sm[f"int8_ge_{key}_rows"]
+        lines.append(f"- CRNN int8 >= {SYSTEMS[system]} on {len(ge)} of {sm['rows']} rows"
+                     + (f" (rows {', '.join(map(str, ge))})" if ge else "") + ".")
+    lines += [f"- |int8 - fp32|: largest {fmt(sm['max_abs_int8_minus_fp32'])} "
+              f"(row {sm['max_abs_int8_minus_fp32_row']}); "
+              f"within {INT8_TOLERANCE:g} on {sm['int8_within_tolerance']} of {sm['rows_with_fp32']} rows"
+              + (f" (not on rows {', '.join(map(str, out))})" if out else "") + ".", "",
+              "| # | condition | metric | " + " | ".join(f"int8 - {SYSTEMS[s]} | >= " for s, _ in baselines)
+              + f" | abs(int8 - fp32) | within {INT8_TOLERANCE:g} |",
+              "|---:|---|---|" + "---:|:---:|" * len(baselines) + "---:|:---:|"]
     for i, r in enumerate(rows, 1):
         v = r["verdict"]
-        lines.append(f"| {i} | {r['group']}, {r['condition']} | {r['metric']} | {fmt(v['int8_minus_egemaps'])} | "
-                     f"{yes_no(v['int8_ge_egemaps'])} | {fmt(v['abs_int8_minus_fp32'])} | "
-                     f"{yes_no(v['int8_within_tolerance'])} |")
+        cells = [f"{fmt(v[f'int8_minus_{k}'])} | {yes_no(v[f'int8_ge_{k}'])}" for _, k in baselines]
+        lines.append(f"| {i} | {r['group']}, {r['condition']} | {r['metric']} | " + " | ".join(cells)
+                     + f" | {fmt(v['abs_int8_minus_fp32'])} | {yes_no(v['int8_within_tolerance'])} |")
     return lines + [""]
 
 
@@ -431,12 +466,14 @@ def details_md(res: dict) -> list[str]:
 
 def summarise(rows: list[dict]) -> dict:
     """Counts behind the summary section (row numbers are 1-based, as printed)."""
-    ge = [i for i, r in enumerate(rows, 1) if r["verdict"]["int8_ge_egemaps"] is True]
-    below = [i for i, r in enumerate(rows, 1) if r["verdict"]["int8_ge_egemaps"] is False]
+    versus = {}
+    for key in BASELINES.values():
+        versus[f"int8_ge_{key}_rows"] = [i for i, r in enumerate(rows, 1) if r["verdict"][f"int8_ge_{key}"] is True]
+        versus[f"int8_below_{key}_rows"] = [i for i, r in enumerate(rows, 1) if r["verdict"][f"int8_ge_{key}"] is False]
     with_fp = [(i, r["verdict"]["abs_int8_minus_fp32"]) for i, r in enumerate(rows, 1)
                if r["verdict"]["int8_within_tolerance"] is not None]
     worst = max(with_fp, key=lambda t: t[1]) if with_fp else (None, math.nan)
-    return {"rows": len(rows), "int8_ge_egemaps_rows": ge, "int8_below_egemaps_rows": below,
+    return {"rows": len(rows), **versus,
             "rows_with_fp32": len(with_fp),
             "int8_within_tolerance": sum(1 for _, d in with_fp if d <= INT8_TOLERANCE),
             "int8_outside_tolerance_rows": [i for i, d in with_fp if d > INT8_TOLERANCE],
@@ -495,6 +532,7 @@ def main(args: argparse.Namespace) -> dict:
     log(f"eGEMAPS features ({args.window_s:g} s windows) for {len(setup.calls)} clean calls …")
     clean_windows = acc.egemaps_windows(args, setup.calls, sr, bin_s)
     fitted, eg_info = acc.fit_egemaps_ridge(args, setup.calls, clean_windows, bin_s)
+    same = sdb.fit(args, setup, ref.normalisation, sr, bin_s, log) if args.same_data_lines > 0 else None
     timings["egemaps_fit"] = time.perf_counter() - t
 
     conds = make_conditions(args)
@@ -502,7 +540,7 @@ def main(args: argparse.Namespace) -> dict:
     t = time.perf_counter()
     for cond in conds:
         tc = time.perf_counter()
-        preds, stats = score_condition(cond, test, crnns, fitted, clean_windows, args, sr, bin_s)
+        preds, stats = score_condition(cond, test, crnns, fitted, clean_windows, args, sr, bin_s, same)
         ccc[cond.key] = {k: acc.ccc_table(p, test) for k, p in preds.items()}
         cond_info.append({"key": cond.key, "label": cond.label, "description": cond.description, "audio": stats})
         clean_preds = preds if cond.key == "clean" else clean_preds
@@ -525,12 +563,13 @@ def main(args: argparse.Namespace) -> dict:
                   "fixed": lambda x, sr: level.normalise_level(x, sr, args.baved_level_dbfs)}
         cache = Path(args.cache) / "baved" if args.cache else None
         scores = baved_scores(args.baved, files, bconds, crnns, fitted["arousal"],
-                              next(iter(clean_windows.values())).columns, cache, sr)
+                              next(iter(clean_windows.values())).columns, cache, sr, same)
         baved = {"root": str(args.baved.resolve()), "fixed_level_dbfs": args.baved_level_dbfs,
                  "n_files": len(files), "n_speakers": len({f["speaker"] for f in files}),
                  "n_by_level": {str(k): int(np.sum(levels == k)) for k in (0, 1, 2)},
                  "score": "CRNN: mean arousal over the VAD speech frames of the file (all frames if none); "
-                          "eGEMAPS: clean-trained arousal ridge on the whole-file eGeMAPS functionals",
+                          "eGEMAPS: the arousal ridge on the whole-file eGeMAPS functionals (same data: "
+                          "of the normalised file)",
                  "metrics": {k: {s: baved_metrics(v, levels) for s, v in d.items()} for k, d in scores.items()}}
         timings["baved"] = time.perf_counter() - t
 
@@ -541,7 +580,7 @@ def main(args: argparse.Namespace) -> dict:
         "benchmark": "transfer",
         "command": "python " + " ".join(shlex.quote(a) for a in sys.argv) if sys.argv and sys.argv[0] else "",
         "date": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
-        "systems": [k for k in SYSTEMS if k in crnns or k == "egemaps_ridge"],
+        "systems": [k for k in SYSTEMS if k in crnns or k == "egemaps_ridge" or (k == "egemaps_same" and same)],
         "models": {k: model_info(m) for k, m in crnns.items()},
         "corpus": {"path": str(setup.corpus_dir.resolve()), "calls": len(setup.corpus.calls),
                    "data_sha256": setup.data_sha, "matches_model": setup.model_train_sha in (None, setup.data_sha)},
@@ -551,6 +590,7 @@ def main(args: argparse.Namespace) -> dict:
         "rate_s": bin_s, "gold": setup.gold_method,
         "conditions": cond_info,
         "egemaps": {k: v for k, v in eg_info.items() if k != "grid"},
+        "egemaps_same": same.info if same is not None else None,
         "ccc": ccc,
         "baved": baved,
         "events": events,

@@ -1,0 +1,73 @@
+"""The transfer benchmark's same-data eGEMAPS baseline: its training audio is the CRNN's.
+
+The baseline is only fair if its TRAIN audio is drawn like the trainer's (the run's own
+``[augment]``, then the model's normalisation) and the same on every run; these tests check that on
+real speech (a demo call) without running openSMILE.
+"""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+from types import SimpleNamespace
+
+import numpy as np
+import pytest
+
+from cusemo_batch.audio import load_audio, normalise
+from cusemo_batch.level import active_level_db
+from cusemo_batch.training.augment import AugmentConfig
+from cusemo_batch.training.config import Config
+
+REPO = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(REPO / "benchmarks"))
+sdb = pytest.importorskip("same_data_baseline")
+
+SR = 8000
+
+
+@pytest.fixture(scope="module")
+def calls() -> list[SimpleNamespace]:
+    x = load_audio(REPO / "examples" / "calls" / "recovery.flac", SR)[: 12 * SR]
+    return [SimpleNamespace(call_id="a", x=x, n=24, split="train"),
+            SimpleNamespace(call_id="b", x=0.1 * x[::-1].copy(), n=24, split="train")]
+
+
+def _prep(x: np.ndarray) -> np.ndarray:
+    return normalise(x, "speech_rms", SR)
+
+
+def test_copies_are_random_lines_then_the_model_normalisation(calls):
+    aug = AugmentConfig(enabled=True)
+    out = sdb.training_copies(calls, aug, 2, 0, SR, _prep)
+    assert [r.call_id for r, _ in out] == ["a#line0", "a#line1", "b#line0", "b#line1"]
+    assert [r.n for r, _ in out] == [24] * 4 and calls[0].call_id == "a"  # the originals are untouched
+    for _, x in out:  # whatever level the line put it at, the model's input is at -26 dBFS
+        assert abs(active_level_db(x, SR) - (-26.0)) < 0.5
+    a0, a1 = out[0][1], out[1][1]
+    assert a0.shape == a1.shape and not np.allclose(a0, a1)  # two lines of one call differ
+
+
+def test_copies_are_the_same_on_every_run_and_in_any_call_order(calls):
+    aug = AugmentConfig(enabled=True)
+    first = {r.call_id: x for r, x in sdb.training_copies(calls, aug, 2, 0, SR, _prep)}
+    again = {r.call_id: x for r, x in sdb.training_copies(calls[::-1], aug, 2, 0, SR, _prep)}
+    assert first.keys() == again.keys()
+    for k in first:
+        np.testing.assert_array_equal(first[k], again[k])
+    other_seed = dict((r.call_id, x) for r, x in sdb.training_copies(calls, aug, 1, 1, SR, _prep))
+    assert not np.allclose(other_seed["a#line0"], first["a#line0"])
+
+
+def test_a_run_without_augmentation_gives_one_clean_normalised_copy(calls):
+    out = sdb.training_copies(calls, None, 3, 0, SR, _prep)
+    assert [r.call_id for r, _ in out] == ["a#line0", "b#line0"]
+    np.testing.assert_array_equal(out[1][1], _prep(calls[1].x))
+
+
+def test_the_augmentation_is_the_runs_own():
+    cfg = Config().with_overrides(augment={"enabled": True, "p_codec": 0.0, "snr_db": [15.0, 20.0]})
+    aug = sdb.run_augment_config({"config": cfg.to_dict()})
+    assert aug is not None and aug.p_codec == 0.0 and aug.snr_db == (15.0, 20.0)
+    assert sdb.run_augment_config({"config": Config().to_dict()}) is None  # trained on clean audio
+    assert sdb.run_augment_config({}) is None  # no run given
