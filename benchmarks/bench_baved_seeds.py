@@ -6,7 +6,10 @@
 Why: the shipped seed is chosen on RAVDESS dev; BAVED (Arabic, never trained on) is read to
 *report* how arousal transfers, never to choose. One seed's BAVED number mixes the recipe with the
 luck of the seed; this prints every seed's AUC (level2 vs level0) and Spearman (score vs level
-0/1/2) with the mean and sd per run, so two recipes are compared on their seed distributions.
+0/1/2) with the mean and sd per run, so two recipes are compared on their seed distributions, and
+the *seed ensemble* of each run (per file, the mean of its seeds' scores): how much of the seed
+spread averaging would remove -- an upper view of what distilling or ensembling the seeds could
+give, not a shipped model (six models cost six times the inference).
 Scoring per file as in ``bench_transfer.py`` (mean arousal over the VAD speech frames, the model's
 level normalisation applied). Each seed's ``best.pt`` is exported to fp32 ONNX under ``--work``.
 Prints a Markdown table and writes JSON.
@@ -71,10 +74,13 @@ def main() -> None:
                          f"{per_seed[k]['spearman_rho']:.3f} |")
         auc = [per_seed[k]["auc_2v0"] for k in keys]
         rho = [per_seed[k]["spearman_rho"] for k in keys]
+        ensemble = bt.baved_metrics(np.mean([np.asarray(scores[k]) for k in keys], axis=0), levels)
         summary[tag] = {"auc_mean": statistics.mean(auc), "auc_sd": statistics.stdev(auc) if len(auc) > 1 else 0.0,
-                        "rho_mean": statistics.mean(rho), "n_seeds": len(auc)}
+                        "rho_mean": statistics.mean(rho), "n_seeds": len(auc), "ensemble": ensemble}
         lines.append(f"| **{tag}** | mean (sd) | **{summary[tag]['auc_mean']:.3f} ({summary[tag]['auc_sd']:.3f})** | "
                      f"{summary[tag]['rho_mean']:.3f} |")
+        lines.append(f"| {tag} | ensemble of the {len(keys)} seeds | {ensemble['auc_2v0']:.3f} | "
+                     f"{ensemble['spearman_rho']:.3f} |")
     print("\n".join(lines))
     atomic_write_text(args.out, json.dumps({"command": " ".join(sys.argv), "baved": str(args.baved.resolve()),
                                             "n_files": len(files), "per_seed": per_seed, "summary": summary},
