@@ -201,15 +201,14 @@ def score_condition(cond: Condition, test: list, crnns: dict[str, Model], fitted
     """Predictions of every system on the test calls through ``cond``, and the audio statistics."""
     xs = {c.call_id: cond.apply(c.x, sample_rate, c.call_id) for c in test}
     preds = {key: {c.call_id: acc.crnn_bins(m, xs[c.call_id], c.n, bin_s) for c in test} for key, m in crnns.items()}
+    cache = Path(args.cache) if args.cache else None
     if cond.key == "clean":
         windows = clean_windows
     else:
-        cache = Path(args.cache) if args.cache else None
         windows = {c.call_id: lib.cached_windows_of_array(f"{c.call_id}-{cond.key}", xs[c.call_id], sample_rate,
                                                           args.window_s, bin_s, cache) for c in test}
     preds["egemaps_ridge"] = acc.predict_egemaps(fitted, test, windows, bin_s)
     if same is not None:  # the condition's audio, then the model's normalisation (as the scorer)
-        cache = Path(args.cache) if args.cache else None
         norm = {c.call_id: lib.cached_windows_of_array(f"{c.call_id}-{cond.key}-norm", same.prepare(xs[c.call_id]),
                                                        sample_rate, args.window_s, bin_s, cache) for c in test}
         preds["egemaps_same"] = acc.predict_egemaps(same.fitted, test, norm, bin_s)
@@ -264,7 +263,9 @@ def baved_scores(root: Path, files: list[dict], conds: dict[str, Callable], crnn
                  same: sdb.SameDataBaseline | None = None) -> dict:
     """condition -> system -> one arousal score per file (float64, manifest order)."""
     hop = next(iter(crnns.values())).hop
-    eg = {"egemaps_ridge": lambda x: x, **({"egemaps_same": same.prepare} if same is not None else {})}
+    # eGEMAPS system -> (its input path, cache-name suffix, arousal ridge)
+    eg = {"egemaps_ridge": (lambda x: x, "", arousal_ridge),
+          **({"egemaps_same": (same.prepare, "-norm", same.fitted["arousal"])} if same is not None else {})}
     scores = {k: {s: [] for s in [*crnns, *eg]} for k in conds}
     feats: dict[tuple[str, str], list[np.ndarray]] = {(k, s): [] for k in conds for s in eg}
     t0 = time.perf_counter()
@@ -275,18 +276,17 @@ def baved_scores(root: Path, files: list[dict], conds: dict[str, Callable], crnn
             speech = lib.speech_frames(xc, sample_rate, len(xc) // hop, hop / sample_rate, VAD_FRAME_S)
             for s, m in crnns.items():
                 scores[key][s].append(crnn_file_score(m, xc, speech))
-            for s, prep in eg.items():
-                name = f"baved-{Path(f['file']).stem}-{key}" + ("-norm" if s == "egemaps_same" else "")
-                v, cols = lib.cached_file_functionals(name, prep(xc), sample_rate, cache)
+            for s, (prep, suffix, _) in eg.items():
+                v, cols = lib.cached_file_functionals(f"baved-{Path(f['file']).stem}-{key}{suffix}", prep(xc),
+                                                      sample_rate, cache)
                 if cols != columns:
                     sys.exit("eGEMAPS: whole-file functionals differ in columns from the training windows")
                 feats[key, s].append(v)
         if i % 250 == 0 or i == len(files):
             log(f"  BAVED {i}/{len(files)} files ({time.perf_counter() - t0:.0f} s)")
-    ridges = {"egemaps_ridge": arousal_ridge, **({"egemaps_same": same.fitted["arousal"]} if same is not None else {})}
     for (key, s), rows in feats.items():
         X = np.nan_to_num(np.stack(rows), nan=0.0, posinf=0.0, neginf=0.0)
-        scores[key][s] = ridges[s].predict_vectors(X)
+        scores[key][s] = eg[s][2].predict_vectors(X)
     return {k: {s: np.asarray(v, dtype=np.float64) for s, v in d.items()} for k, d in scores.items()}
 
 

@@ -25,10 +25,12 @@ windows, cached by samples). Nothing here selects a CRNN.
 from __future__ import annotations
 
 import copy
+import functools
+import itertools
 import zlib
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable
+from typing import Callable, Iterator
 
 import numpy as np
 
@@ -42,16 +44,12 @@ from cusemo_batch.training.config import from_dict
 
 @dataclass
 class SameDataBaseline:
-    """The fitted ridge per dimension and the input path every audio goes through first."""
+    """The fitted ridge per dimension, and ``prepare``: the path every audio takes before it (the
+    model's input normalisation, as for the CRNN)."""
 
     fitted: dict
     info: dict
-    normalisation: str
-    sample_rate: int
-
-    def prepare(self, x: np.ndarray) -> np.ndarray:
-        """Audio as this baseline (and the CRNN) sees it: the model's input normalisation."""
-        return normalise(x, self.normalisation, self.sample_rate)
+    prepare: Callable[[np.ndarray], np.ndarray]
 
 
 def run_augment_config(run_cfg: dict) -> AugmentConfig | None:
@@ -67,47 +65,47 @@ def line_seed(seed: int, call_id: str, copy_index: int) -> list[int]:
     return [seed, zlib.crc32(call_id.encode()), copy_index]
 
 
-def training_copies(calls: list, aug: AugmentConfig | None, lines: int, seed: int, sample_rate: int,
-                    prepare: Callable[[np.ndarray], np.ndarray]) -> list[tuple[object, np.ndarray]]:
-    """(call record, audio) per training copy: ``lines`` random lines of each call, or one clean copy.
+def _renamed(call, call_id: str):
+    """A shallow copy of a call record under another id (its gold and bins are the call's), so the
+    ridge fitting code sees each copy as an ordinary call."""
+    rec = copy.copy(call)
+    rec.call_id = call_id
+    return rec
 
-    Each copy is a shallow copy of the call's record under the id ``CALL#lineK`` (its gold and bins
-    are the call's), so the ridge fitting code sees ordinary calls.
-    """
-    out = []
+
+def training_copies(calls: list, aug: AugmentConfig | None, lines: int, seed: int, sample_rate: int,
+                    prepare: Callable[[np.ndarray], np.ndarray]) -> Iterator[tuple[object, np.ndarray]]:
+    """(call record ``CALL#lineK``, audio) per training copy: ``lines`` random lines of each call, or
+    one clean copy. Yielded one at a time: the copies of a corpus do not all fit in memory at once."""
     for c in calls:
         for k in range(lines if aug is not None else 1):
             x = c.x if aug is None else augment(c.x, sample_rate, aug, np.random.default_rng(line_seed(seed, c.call_id, k)))
-            rec = copy.copy(c)
-            rec.call_id = f"{c.call_id}#line{k}"
-            out.append((rec, prepare(x)))
-    return out
+            yield _renamed(c, f"{c.call_id}#line{k}"), prepare(x)
 
 
 def fit(args, setup, normalisation: str, sample_rate: int, bin_s: float, log: Callable[[str], None]) -> SameDataBaseline:
     """Extract (cached) and fit: TRAIN through the run's random lines, DEV clean; both normalised."""
-    base = SameDataBaseline({}, {}, normalisation, sample_rate)
+    prepare = functools.partial(normalise, method=normalisation, sample_rate=sample_rate)
     aug = run_augment_config(setup.run_cfg)
     cache = Path(args.cache) if args.cache else None
-    train = training_copies(setup.by["train"], aug, args.same_data_lines, args.channel_seed, sample_rate, base.prepare)
-    dev = []
-    for c in setup.by["dev"]:
-        rec = copy.copy(c)
-        rec.call_id = f"{c.call_id}#norm"
-        dev.append((rec, base.prepare(c.x)))
-    log(f"eGEMAPS (same data): {len(train)} training copies "
+    n_train = len(setup.by["train"]) * (args.same_data_lines if aug else 1)
+    log(f"eGEMAPS (same data): {n_train} training copies "
         f"({'random lines of the run' if aug else 'clean: the run trained without [augment]'}), "
-        f"{len(dev)} dev calls, normalisation {normalisation} …")
-    windows = {}
-    for i, (rec, x) in enumerate([*train, *dev], 1):
+        f"{len(setup.by['dev'])} dev calls, normalisation {normalisation} …")
+    dev = ((_renamed(c, f"{c.call_id}#norm"), prepare(c.x)) for c in setup.by["dev"])
+    records, windows = [], {}
+    for i, (rec, x) in enumerate(itertools.chain(
+            training_copies(setup.by["train"], aug, args.same_data_lines, args.channel_seed, sample_rate, prepare),
+            dev), 1):
+        records.append(rec)
         windows[rec.call_id] = lib.cached_windows_of_array(rec.call_id, x, sample_rate, args.window_s, bin_s, cache)
         if i % 50 == 0:
-            log(f"  eGEMAPS (same data) {i}/{len(train) + len(dev)}")
-    base.fitted, info = acc.fit_egemaps_ridge(args, [r for r, _ in [*train, *dev]], windows, bin_s)
-    base.info = {**{k: v for k, v in info.items() if k != "grid"},
-                 "training_audio": (f"{args.same_data_lines} random line(s) per TRAIN call, the run's [augment] "
-                                    f"(seed [{args.channel_seed}, crc32(call_id), copy])" if aug else
-                                    "clean TRAIN calls (the run trained without [augment])")
-                 + f", then normalisation {normalisation}; DEV clean, normalised",
-                 "augment": None if aug is None else {k: getattr(aug, k) for k in aug.__dataclass_fields__}}
-    return base
+            log(f"  eGEMAPS (same data) {i}/{n_train + len(setup.by['dev'])}")
+    fitted, info = acc.fit_egemaps_ridge(args, records, windows, bin_s)
+    info = {**{k: v for k, v in info.items() if k != "grid"},
+            "training_audio": (f"{args.same_data_lines} random line(s) per TRAIN call, the run's [augment] "
+                               f"(seed [{args.channel_seed}, crc32(call_id), copy])" if aug else
+                               "clean TRAIN calls (the run trained without [augment])")
+            + f", then normalisation {normalisation}; DEV clean, normalised",
+            "augment": None if aug is None else {k: getattr(aug, k) for k in aug.__dataclass_fields__}}
+    return SameDataBaseline(fitted, info, prepare)

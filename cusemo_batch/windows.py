@@ -17,6 +17,7 @@ import polars as pl
 
 from . import silence, timegrid
 
+
 @dataclass
 class SpeakerAudio:
     """One speaker of a decoded call, ready for the model: what the scorer infers on and pools back."""

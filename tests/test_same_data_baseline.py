@@ -39,7 +39,7 @@ def _prep(x: np.ndarray) -> np.ndarray:
 
 def test_copies_are_random_lines_then_the_model_normalisation(calls):
     aug = AugmentConfig(enabled=True)
-    out = sdb.training_copies(calls, aug, 2, 0, SR, _prep)
+    out = list(sdb.training_copies(calls, aug, 2, 0, SR, _prep))
     assert [r.call_id for r, _ in out] == ["a#line0", "a#line1", "b#line0", "b#line1"]
     assert [r.n for r, _ in out] == [24] * 4 and calls[0].call_id == "a"  # the originals are untouched
     for _, x in out:  # whatever level the line put it at, the model's input is at -26 dBFS
@@ -60,7 +60,7 @@ def test_copies_are_the_same_on_every_run_and_in_any_call_order(calls):
 
 
 def test_a_run_without_augmentation_gives_one_clean_normalised_copy(calls):
-    out = sdb.training_copies(calls, None, 3, 0, SR, _prep)
+    out = list(sdb.training_copies(calls, None, 3, 0, SR, _prep))
     assert [r.call_id for r, _ in out] == ["a#line0", "b#line0"]
     np.testing.assert_array_equal(out[1][1], _prep(calls[1].x))
 

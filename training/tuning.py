@@ -72,8 +72,6 @@ def tune(corpus_dir: str | Path, out_dir: str | Path, base: Config, params: Iter
     return result
 
 
-
-
 def _run_trial(trial, values: dict[str, float], base: Config, study_name: str, corpus_dir: Path, out_dir: Path,
                objective: str, log: Log) -> float:
     """Train one trial's seeds (resumable run dir named by its values) and return its dev objective;
@@ -99,6 +97,7 @@ def _run_trial(trial, values: dict[str, float], base: Config, study_name: str, c
     log(f"trial {trial.number}: dev CCC {objective} {score:.3f}; test valence "
         f"{_n(got['test_valence'])} arousal {_n(got['test_arousal'])}")
     return score
+
 
 def _check_search(params: list[str], objective: str, low: float, high: float, log_scale: bool, trials: int) -> None:
     """ValueError (one line, for the CLI) on a search that cannot run."""
