@@ -96,7 +96,23 @@ def test_augment_draws_a_random_line_reproducibly(ravdess_dir):
 
 
 @pytest.mark.parametrize("bad,msg", [({"p_noise": 1.5}, "probability"), ({"snr_db": (30, 10)}, "low <= high"),
-                                     ({"codecs": ("opus",)}, "codecs"), ({"level_dbfs": (-20, 3)}, "0 dBFS")])
+                                     ({"codecs": ("opus",)}, "codecs"), ({"level_dbfs": (-20, 3)}, "0 dBFS"),
+                                     ({"speeds": (0.9, 3.0)}, "speeds")])
 def test_augment_config_is_validated(bad, msg):
     with pytest.raises(ValueError, match=msg):
         AugmentConfig(enabled=True, **bad).validate()
+
+
+@pytest.mark.parametrize("factor", [0.9, 1.1])
+def test_speed_perturbation_moves_tempo_and_pitch_by_the_factor(factor):
+    from cusemo_batch.training.augment import speed_perturb
+
+    t = np.arange(SR * 2) / SR
+    x = (0.3 * np.sin(2 * np.pi * 200.0 * t)).astype(np.float32)
+    y = speed_perturb(x, factor)
+    assert y.dtype == np.float32 and len(y) == int(np.ceil(len(x) / factor))
+    spectrum = np.abs(np.fft.rfft(y[400:-400] * np.hanning(len(y) - 800)))
+    peak_hz = np.argmax(spectrum) * SR / (len(y) - 800)
+    assert peak_hz == pytest.approx(200.0 * factor, abs=2.0)  # 180 / 220 Hz: pitch moves with tempo
+    np.testing.assert_allclose(np.sqrt(np.mean(y[400:-400] ** 2)), 0.3 / np.sqrt(2), rtol=0.02)  # level kept
+    assert speed_perturb(x, 1.0) is x

@@ -253,6 +253,51 @@ def test_augmented_calls_are_normalised_as_whole_tracks(tiny_corpus):
     assert augment_calls(prep.calls, idx, Config().with_overrides(model=SMALL), np.random.default_rng(0)) == {}
 
 
+def test_speed_perturbed_batches_stretch_audio_and_labels_together(tiny_corpus):
+    from cusemo_batch.training.augment import speed_perturb
+    from cusemo_batch.training.data import stretch_labels
+
+    base = {"model": SMALL, "data": {"segment_s": 10, "normalisation": "speech_rms"}}
+    prep = prepare(tiny_corpus, Config().with_overrides(**base))
+    segs = make_segments(prep.calls, prep.indices("train"), prep.cfg)[:4]
+    plain = batch_arrays(segs, prep.calls, prep.cfg, np.random.default_rng(0))
+    # speed 1 (or augmentation off): the same batch as without speed perturbation
+    for speeds in ([1.0], [0.9, 1.1]):
+        cfg = Config().with_overrides(**base, augment={"enabled": True, "speeds": speeds})
+        same = batch_arrays(segs, prep.calls, cfg) if speeds != [1.0] else \
+            batch_arrays(segs, prep.calls, cfg, np.random.default_rng(0))
+        for key in ("audio", "valence", "mask", "lengths"):
+            np.testing.assert_array_equal(same[key], plain[key])
+    fast = Config().with_overrides(**base, augment={"enabled": True, "speeds": [1.25]})
+    a = batch_arrays(segs, prep.calls, fast, np.random.default_rng(0))
+    for j, s in enumerate(segs):
+        k = int(a["mask"][j].sum())
+        assert k == (s.bin1 - s.bin0) * 4 // 5  # 1.25x faster: 4/5 of the bins
+        a0 = s.bin0 * 4000
+        expect = speed_perturb(prep.calls[s.call].audio[a0:a0 + 4000 * (s.bin1 - s.bin0) + 4000], 1.25)
+        n = min(a["lengths"][j], len(expect)) - 200  # away from the filter's edge at the cut
+        np.testing.assert_allclose(a["audio"][j, :n], expect[:n], atol=1e-5)
+        assert a["lengths"][j] >= k * 4000  # every labelled bin has its audio
+        # output bin i spans source bins [1.25 i, 1.25 (i + 1)): the gold at its centre
+        np.testing.assert_allclose(a["arousal"][j, :k], stretch_labels(prep.calls[s.call].arousal, s.bin0, k, 1.25))
+        np.testing.assert_allclose(a["arousal"][j, 3], np.interp(s.bin0 + 4.375 - 0.5, np.arange(len(prep.calls[s.call].arousal)), prep.calls[s.call].arousal), rtol=1e-6)
+    slow = Config().with_overrides(**base, augment={"enabled": True, "speeds": [0.8]})
+    b = batch_arrays(segs, prep.calls, slow, np.random.default_rng(0))
+    assert [int(m.sum()) for m in b["mask"]] == [(s.bin1 - s.bin0) * 5 // 4 for s in segs]  # longer rows
+    assert b["audio"].shape[1] > plain["audio"].shape[1]
+
+
+def test_stretch_labels_matches_hand_values():
+    from cusemo_batch.training.data import speed_bins, stretch_labels
+
+    gold = np.array([0.0, 1.0, 2.0, 3.0, 4.0, 5.0], np.float32)
+    # factor 2: output bins span source [0, 2), [2, 4), [4, 6) -> centres 0.5, 2.5, 4.5
+    np.testing.assert_allclose(stretch_labels(gold, 0, 3, 2.0), [0.5, 2.5, 4.5])
+    # factor 0.5, from bin 2: centres 2.25, 2.75, 3.25, 3.75
+    np.testing.assert_allclose(stretch_labels(gold, 2, 4, 0.5), [1.75, 2.25, 2.75, 3.25])
+    assert (speed_bins(100, 1.0), speed_bins(100, 1.1), speed_bins(100, 0.9), speed_bins(99, 1.1)) == (100, 90, 111, 90)
+
+
 def test_batches_group_segments_by_length_for_batch_norm():
     from cusemo_batch.training.data import Segment
     from cusemo_batch.training.loop import _batches

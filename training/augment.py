@@ -16,8 +16,10 @@ normalisation runs afterwards over the whole augmented call
 from __future__ import annotations
 
 from dataclasses import dataclass
+from fractions import Fraction
 
 import numpy as np
+from scipy.signal import resample_poly
 
 from cusemo_batch import channel
 from cusemo_batch.level import active_level_db
@@ -38,6 +40,11 @@ class AugmentConfig:
     snr_db: tuple[float, float] = (10.0, 30.0)  # against the active-speech level
     p_reverb: float = 0.3
     rt60_s: tuple[float, float] = (0.1, 0.4)
+    # Speed perturbation (Ko et al. 2015, Kaldi's 0.9 / 1.0 / 1.1): each training segment is played
+    # at one of these speeds, drawn uniformly -- tempo, pitch and formants move together by the
+    # factor, as between two speakers, and the labels are stretched with the audio
+    # (:func:`cusemo_batch.training.data.batch_arrays`). Empty = off.
+    speeds: tuple[float, ...] = ()
 
     def validate(self) -> None:
         """Raise ValueError with a one-line reason on an unusable setting."""
@@ -53,6 +60,8 @@ class AugmentConfig:
             raise ValueError("rt60_s must be positive")
         if self.level_dbfs[1] > 0:
             raise ValueError("level_dbfs must be at most 0 dBFS")
+        if any(not 0.5 <= f <= 2.0 for f in self.speeds):
+            raise ValueError(f"speeds must be factors in [0.5, 2], got {list(self.speeds)}")
         unknown = [c for c in self.codecs if c not in channel.CODECS]
         if unknown or (self.p_codec > 0 and not self.codecs):
             raise ValueError(f"codecs must be a non-empty list of {', '.join(channel.CODECS)}, got {list(self.codecs)}")
@@ -82,3 +91,23 @@ def augment(x: np.ndarray, sample_rate: int, cfg: AugmentConfig, rng: np.random.
     if draws[3] < cfg.p_codec and codec_name is not None:
         y = channel.codec(y, sample_rate, codec_name)
     return y.astype(np.float32, copy=False)
+
+
+def speed_ratio(factor: float) -> tuple[int, int]:
+    """``factor`` as ``(up, down)`` for :func:`scipy.signal.resample_poly` (denominator <= 100)."""
+    frac = Fraction(factor).limit_denominator(100)
+    return frac.denominator, frac.numerator
+
+
+def speed_perturb(x: np.ndarray, factor: float) -> np.ndarray:
+    """``x`` played ``factor`` times faster: ``ceil(len(x) / factor)`` samples, pitch times ``factor``.
+
+    Resampling (polyphase, scipy's anti-aliasing filter) rather than a time-stretch: the output is
+    what a speaker with a proportionally shorter vocal tract and faster tempo would give, with no
+    phase-vocoder artefacts for the network to learn. ``factor`` 1 returns ``x`` as float32.
+    """
+    x = np.asarray(x, dtype=np.float32)
+    if factor == 1.0:
+        return x
+    up, down = speed_ratio(factor)
+    return resample_poly(x, up, down).astype(np.float32)

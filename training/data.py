@@ -17,7 +17,7 @@ import numpy as np
 from cusemo_batch.audio import load_audio, normalise
 from cusemo_batch.files import sha256_file
 
-from .augment import augment
+from .augment import augment, speed_perturb
 from .config import Config
 from .corpus import Corpus
 from .labels import binary_target, gold_at_rate, gold_standard, interval_target
@@ -156,15 +156,17 @@ def batch_arrays(segs: list[Segment], calls: list[CallData], cfg: Config,
 
     ``line_audio`` maps call index -> this epoch's audio of the call (:func:`augment_calls`); calls not
     in it use their clean normalised audio. ``lengths`` [B] counts the real (unpadded) samples per
-    row, for the batch-norm statistics.
+    row, for the batch-norm statistics. With ``rng`` and ``[augment] speeds`` each segment is played
+    at a random speed (:func:`segment_speeds`), its labels stretched with it.
     """
     sr, bin_s = cfg.model.sample_rate, cfg.data.label_rate_ms / 1000
     bin_samples = bin_s * sr
     if abs(bin_samples - round(bin_samples)) > 1e-6:
         raise ValueError(f"label bin {bin_s} s is not a whole number of samples at {sr} Hz")
     unit = math.lcm(int(round(bin_samples)), cfg.model.hop)
-    k_max = max(s.bin1 - s.bin0 for s in segs)
-    n_samples = int(math.ceil(k_max * bin_samples / unit) * unit)
+    speeds = segment_speeds(len(segs), cfg, rng)
+    bins = [speed_bins(s.bin1 - s.bin0, f) for s, f in zip(segs, speeds)]
+    n_samples = int(math.ceil(max(bins) * bin_samples / unit) * unit)
     n_bins = int(round(n_samples / bin_samples))
     B = len(segs)
     audio = np.zeros((B, n_samples), np.float32)
@@ -172,20 +174,52 @@ def batch_arrays(segs: list[Segment], calls: list[CallData], cfg: Config,
     aro = np.zeros((B, n_bins), np.float32)
     mask = np.zeros((B, n_bins), bool)
     lengths = np.zeros(B, np.int64)
-    for j, s in enumerate(segs):
+    for j, (s, f, k) in enumerate(zip(segs, speeds, bins)):
         c = calls[s.call]
         a0 = int(round(s.bin0 * bin_samples))
-        chunk = (line_audio or {}).get(s.call, c.audio)[a0:a0 + n_samples]
+        source = (line_audio or {}).get(s.call, c.audio)
+        if f == 1.0:
+            chunk = source[a0:a0 + n_samples]
+            val[j, :k] = c.valence[s.bin0:s.bin1]
+            aro[j, :k] = c.arousal[s.bin0:s.bin1]
+        else:  # the filter's tail needs a few samples past the segment's end; cut back to the batch
+            chunk = speed_perturb(source[a0:a0 + int(math.ceil(n_samples * f)) + 64], f)[:n_samples]
+            val[j, :k] = stretch_labels(c.valence, s.bin0, k, f)
+            aro[j, :k] = stretch_labels(c.arousal, s.bin0, k, f)
         if rng is not None and cfg.data.gain_db > 0:
             chunk = chunk * np.float32(10 ** (rng.uniform(-cfg.data.gain_db, cfg.data.gain_db) / 20))
         audio[j, :len(chunk)] = chunk
         lengths[j] = len(chunk)
-        k = s.bin1 - s.bin0
-        val[j, :k] = c.valence[s.bin0:s.bin1]
-        aro[j, :k] = c.arousal[s.bin0:s.bin1]
         mask[j, :k] = True
     return {
         "audio": audio, "lengths": lengths, "valence": val, "arousal": aro, "mask": mask,
         "alpha": np.array([calls[s.call].alpha_target for s in segs], np.float32),
         "beta": np.array([calls[s.call].beta_target for s in segs], np.float32),
     }
+
+
+def segment_speeds(n: int, cfg: Config, rng: np.random.Generator | None) -> list[float]:
+    """One speed per segment: drawn from ``[augment] speeds`` when training with it, else 1.
+
+    The draws come from ``rng`` only when speed perturbation is on, so a recipe without it keeps
+    its batches (and gains) draw for draw.
+    """
+    a = cfg.augment
+    if rng is None or not (a.enabled and a.speeds):
+        return [1.0] * n
+    return [float(a.speeds[i]) for i in rng.integers(0, len(a.speeds), size=n)]
+
+
+def speed_bins(n_bins: int, factor: float) -> int:
+    """Label bins that ``n_bins`` of source cover once played ``factor`` times faster (whole bins)."""
+    return n_bins if factor == 1.0 else int(math.floor(n_bins / factor + 1e-9))
+
+
+def stretch_labels(gold: np.ndarray, bin0: int, n_out: int, factor: float) -> np.ndarray:
+    """Gold for ``n_out`` bins of audio played ``factor`` times faster from source bin ``bin0``.
+
+    Output bin ``k`` spans source time ``[k, k + 1) * factor`` bins after ``bin0``; its label is
+    the gold linearly interpolated at that span's centre (the gold is a smooth rater mean).
+    """
+    centres = bin0 + (np.arange(n_out) + 0.5) * factor - 0.5
+    return np.interp(centres, np.arange(len(gold)), gold).astype(np.float32)
