@@ -12,7 +12,9 @@ got:
 * **TRAIN**: ``lines`` copies of every training call, each through one random line drawn with the
   run's own :class:`AugmentConfig` and :func:`cusemo_batch.training.augment.augment` (the function
   the trainer calls), seeded per (``seed``, call, copy) so every run draws the same lines; then the
-  model's normalisation. Without ``[augment] enabled`` in the run: one clean copy, normalised.
+  model's normalisation. With ``[augment] speeds`` each copy is also played at one of the run's
+  speeds (drawn after the line, from the copy's rng), its gold stretched as the trainer stretches a
+  segment's. Without ``[augment] enabled`` in the run: one clean copy, normalised.
 * **DEV** (ridge alpha and feature delay, as the first baseline): clean calls, normalised -- what
   the trainer's dev evaluation sees.
 * **Every test condition and BAVED file**: the condition's audio, then the model's normalisation,
@@ -38,7 +40,8 @@ import accuracy_lib as lib
 import bench_accuracy as acc
 
 from cusemo_batch.audio import normalise
-from cusemo_batch.training.augment import AugmentConfig, augment
+from cusemo_batch.training.augment import AugmentConfig, augment, speed_perturb
+from cusemo_batch.training.data import speed_bins, stretch_labels
 from cusemo_batch.training.config import from_dict
 
 
@@ -65,11 +68,15 @@ def line_seed(seed: int, call_id: str, copy_index: int) -> list[int]:
     return [seed, zlib.crc32(call_id.encode()), copy_index]
 
 
-def _renamed(call, call_id: str):
-    """A shallow copy of a call record under another id (its gold and bins are the call's), so the
-    ridge fitting code sees each copy as an ordinary call."""
+def _renamed(call, call_id: str, speed: float = 1.0):
+    """A shallow copy of a call record under another id, so the ridge fitting code sees each copy as
+    an ordinary call; its gold and bins are the call's, stretched when the copy is played at
+    ``speed`` (:func:`cusemo_batch.training.data.stretch_labels`, as the trainer does)."""
     rec = copy.copy(call)
     rec.call_id = call_id
+    if speed != 1.0:
+        rec.n = speed_bins(call.n, speed)
+        rec.gold = {d: stretch_labels(g, 0, rec.n, speed) for d, g in call.gold.items()}
     return rec
 
 
@@ -79,8 +86,13 @@ def training_copies(calls: list, aug: AugmentConfig | None, lines: int, seed: in
     one clean copy. Yielded one at a time: the copies of a corpus do not all fit in memory at once."""
     for c in calls:
         for k in range(lines if aug is not None else 1):
-            x = c.x if aug is None else augment(c.x, sample_rate, aug, np.random.default_rng(line_seed(seed, c.call_id, k)))
-            yield _renamed(c, f"{c.call_id}#line{k}"), prepare(x)
+            if aug is None:
+                yield _renamed(c, f"{c.call_id}#line{k}"), prepare(c.x)
+                continue
+            rng = np.random.default_rng(line_seed(seed, c.call_id, k))
+            x = augment(c.x, sample_rate, aug, rng)
+            speed = float(aug.speeds[int(rng.integers(len(aug.speeds)))]) if aug.speeds else 1.0
+            yield _renamed(c, f"{c.call_id}#line{k}", speed), prepare(speed_perturb(x, speed))
 
 
 def fit(args, setup, normalisation: str, sample_rate: int, bin_s: float, log: Callable[[str], None]) -> SameDataBaseline:
@@ -103,7 +115,8 @@ def fit(args, setup, normalisation: str, sample_rate: int, bin_s: float, log: Ca
             log(f"  eGEMAPS (same data) {i}/{n_train + len(setup.by['dev'])}")
     fitted, info = acc.fit_egemaps_ridge(args, records, windows, bin_s)
     info = {**{k: v for k, v in info.items() if k != "grid"},
-            "training_audio": (f"{args.same_data_lines} random line(s) per TRAIN call, the run's [augment] "
+            "training_audio": (f"{args.same_data_lines} random line(s) per TRAIN call, the run's [augment]"
+                               f"{f' with speeds {list(aug.speeds)}' if aug and aug.speeds else ''} "
                                f"(seed [{args.channel_seed}, crc32(call_id), copy])" if aug else
                                "clean TRAIN calls (the run trained without [augment])")
             + f", then normalisation {normalisation}; DEV clean, normalised",

@@ -29,8 +29,9 @@ SR = 8000
 @pytest.fixture(scope="module")
 def calls() -> list[SimpleNamespace]:
     x = load_audio(REPO / "examples" / "calls" / "recovery.flac", SR)[: 12 * SR]
-    return [SimpleNamespace(call_id="a", x=x, n=24, split="train"),
-            SimpleNamespace(call_id="b", x=0.1 * x[::-1].copy(), n=24, split="train")]
+    gold = {"valence": np.linspace(-1, 1, 24), "arousal": np.linspace(0, 1, 24)}
+    return [SimpleNamespace(call_id="a", x=x, n=24, split="train", gold=gold),
+            SimpleNamespace(call_id="b", x=0.1 * x[::-1].copy(), n=24, split="train", gold=gold)]
 
 
 def _prep(x: np.ndarray) -> np.ndarray:
@@ -71,3 +72,21 @@ def test_the_augmentation_is_the_runs_own():
     assert aug is not None and aug.p_codec == 0.0 and aug.snr_db == (15.0, 20.0)
     assert sdb.run_augment_config({"config": Config().to_dict()}) is None  # trained on clean audio
     assert sdb.run_augment_config({}) is None  # no run given
+
+
+def test_a_run_with_speeds_plays_each_copy_at_one_of_them_with_its_gold_stretched(calls):
+    from cusemo_batch.training.data import stretch_labels
+
+    plain = list(sdb.training_copies(calls, AugmentConfig(enabled=True), 4, 0, SR, _prep))
+    aug = AugmentConfig(enabled=True, speeds=(0.8, 1.25))
+    out = list(sdb.training_copies(calls, aug, 4, 0, SR, _prep))
+    seen = set()
+    for (rec, x), (_, y) in zip(out, plain):
+        speed = len(y) / len(x)  # the line is drawn as without speeds; then resampled
+        assert speed == pytest.approx(0.8, rel=1e-3) or speed == pytest.approx(1.25, rel=1e-3)
+        f = 0.8 if speed < 1 else 1.25
+        seen.add(f)
+        assert rec.n == (30 if f == 0.8 else 19)  # 24 bins at 0.8x -> 30, at 1.25x -> 19
+        np.testing.assert_allclose(rec.gold["arousal"], stretch_labels(calls[0].gold["arousal"], 0, rec.n, f))
+        assert abs(active_level_db(x, SR) - (-26.0)) < 0.5
+    assert seen == {0.8, 1.25} and calls[0].n == 24  # both speeds drawn; the originals untouched
