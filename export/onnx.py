@@ -216,11 +216,13 @@ def export_model(
     check_audio: Sequence[str | Path] = (),
     validation: str | Path | None = None,
     calibration: Sequence[str | Path] = (),
+    int8_weights: str = "per_tensor",
     log: Log = lambda s: None,
 ) -> ExportResult:
     """Export ``model`` to ``out`` (``NAME.onnx``) and ``NAME.stream.onnx``; verify; write atomically.
 
-    Nothing is written at ``out`` unless every check passed.
+    Nothing is written at ``out`` unless every check passed. ``int8_weights`` (with ``quantize``):
+    the scale granularity of the dynamic int8 MatMul/LSTM weights (:func:`.quantize.quantize_dynamic_pair`).
     """
     out = Path(out)
     try:
@@ -232,20 +234,24 @@ def export_model(
                           f"(verified minimum .. the legacy exporter's maximum)")
     if quantize not in (None, "int8"):
         raise ExportError(f"unknown quantization {quantize!r}; only int8 is supported")
+    if int8_weights not in ("per_tensor", "per_channel"):
+        raise ExportError(f"int8 weights must be per_tensor or per_channel, not {int8_weights!r}")
     name = out.name[: -len(".onnx")]
     md = build_metadata(model.config, meta, name=name, opset=opset)
     was_training = model.training
     model.eval()  # dropout off in the graph and in the torch reference
     try:
         return _export(model, md, out, out_stream, opset=opset, quantize=quantize, check=check,
-                       check_audio=check_audio, validation=validation, calibration=calibration, log=log)
+                       check_audio=check_audio, validation=validation, calibration=calibration,
+                       int8_weights=int8_weights, log=log)
     finally:
         model.train(was_training)
 
 
 def _export(model: CRNN, md: dict[str, str], out: Path, out_stream: Path, *, opset: int,
             quantize: str | None, check: bool, check_audio: Sequence[str | Path],
-            validation: str | Path | None, calibration: Sequence[str | Path], log: Log) -> ExportResult:
+            validation: str | Path | None, calibration: Sequence[str | Path], int8_weights: str,
+            log: Log) -> ExportResult:
     name = md["name"]
     out.parent.mkdir(parents=True, exist_ok=True)
     with tempfile.TemporaryDirectory(prefix=".cusemo-tmp-export-", dir=out.parent) as tmp_name:
@@ -270,7 +276,8 @@ def _export(model: CRNN, md: dict[str, str], out: Path, out_stream: Path, *, ops
                     f"{r.max_abs_diff:.3g} > tolerance {r.tolerance:g}; nothing written")
         final = fp32
         if quantize == "int8":
-            final = _quantize_int8(model, md, fp32, tmp, out.name, audios, calibration, validation, result, log)
+            final = _quantize_int8(model, md, fp32, tmp, out.name, audios, calibration, validation, result, log,
+                                   int8_weights)
         # Stream first: the whole graph is the entry point and names the stream file's hash.
         for src, dst in ((stream_path_for(final), out_stream), (final, out)):
             with atomic_path(dst) as t:
@@ -283,7 +290,7 @@ def _export(model: CRNN, md: dict[str, str], out: Path, out_stream: Path, *, ops
 
 def _quantize_int8(model: CRNN, md: dict[str, str], fp32: Path, tmp: Path, name: str, audios: list,
                    calibration: Sequence[str | Path], validation: str | Path | None, result: ExportResult,
-                   log: Log) -> Path:
+                   log: Log, weights: str = "per_tensor") -> Path:
     """The int8 pair from the checked fp32 pair (row-scaled int8 convolutions calibrated on
     ``calibration``, then dynamic int8 MatMul/LSTM), compared with fp32 into ``result.quantization``;
     returns the int8 whole-graph path under ``tmp``."""
@@ -309,8 +316,10 @@ def _quantize_int8(model: CRNN, md: dict[str, str], fp32: Path, tmp: Path, name:
     elif not calib:
         log("no --calibration-audio: the convolutions stay fp32 (dynamic int8 for MatMul/LSTM only)")
     q_whole, q_stream = tmp / "q.onnx", tmp / "q.stream.onnx"
-    quantize_dynamic_pair(src_whole, src_stream, q_whole, q_stream)
+    quantize_dynamic_pair(src_whole, src_stream, q_whole, q_stream, weights)
     scheme = {"dynamic": list(QUANT_OPS), "row_scaled_convs": convs, "calibration_s": calib_s}
+    if weights != "per_tensor":  # recorded when not the original scheme, so older exports read as before
+        scheme["weights"] = weights
     final = _stamp_pair(q_whole, q_stream, tmp / "int8" / name,
                         {**md, "quantized": "int8", "quantization": json.dumps(scheme)})
     val = load_validation(validation, c.sample_rate, md["normalisation"]) if validation else []

@@ -109,8 +109,22 @@ class QuantReport:
     calibration_seconds: float = 0.0
 
 
-def quantize_dynamic_pair(whole: Path, stream: Path, out_whole: Path, out_stream: Path) -> None:
-    """int8 weights for MatMul and LSTM in both graphs (same weights -> same int8 values)."""
+WEIGHT_SCALES = ("per_tensor", "per_channel")
+
+
+def quantize_dynamic_pair(whole: Path, stream: Path, out_whole: Path, out_stream: Path,
+                          weights: str = "per_tensor") -> None:
+    """int8 weights for MatMul and LSTM in both graphs (same weights -> same int8 values).
+
+    ``weights``: one scale per weight tensor (``per_tensor``, what the embedded v5 model was
+    exported with) or one per output channel (``per_channel``). Why the choice exists: with one
+    scale per tensor, the largest weight of a matrix sets the step for all its rows, and a
+    thresholded output (change events) can flip. Measured with ``bench_transfer.py`` (int8 vs fp32,
+    largest gap over the 24 rows; 2026-12-02): v8 candidate seed 12 0.019 -> 0.009, v6 candidate
+    seed 10 0.026 -> 0.012, shipped v5 0.005 -> 0.005 (per tensor -> per channel, convs as always).
+    """
+    if weights not in WEIGHT_SCALES:
+        raise QuantizationError(f"int8 weights must be one of {', '.join(WEIGHT_SCALES)}, not {weights!r}")
     from onnxruntime.quantization import QuantType, quantize_dynamic
 
     for src, dst in ((whole, out_whole), (stream, out_stream)):
@@ -119,7 +133,7 @@ def quantize_dynamic_pair(whole: Path, stream: Path, out_whole: Path, out_stream
         logging.disable(logging.WARNING)
         try:
             quantize_dynamic(src, dst, op_types_to_quantize=list(QUANT_OPS), weight_type=QuantType.QInt8,
-                             per_channel=False)
+                             per_channel=weights == "per_channel")
         except Exception as e:
             msg = str(e).strip().splitlines()[0][:200] if str(e).strip() else type(e).__name__
             raise QuantizationError(f"int8 quantization of {src.name} failed ({msg})") from None

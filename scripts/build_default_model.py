@@ -66,6 +66,8 @@ def main() -> None:
     ap.add_argument("--version", default=time.strftime("%Y.%m.%d"), help="model version written in the metadata")
     ap.add_argument("--jobs", type=int, default=2, help="seeds trained at once (train --jobs)")
     ap.add_argument("--install", action="store_true", help="copy the result into cusemo_batch/models/")
+    ap.add_argument("--int8-weights", choices=("per-tensor", "per-channel"), default="per-tensor",
+                    help="scale granularity of the int8 MatMul/LSTM weights (export --int8-weights)")
     a = ap.parse_args()
     t0 = time.perf_counter()
     corpus, run = a.work / "corpus", a.run or a.work / "run"
@@ -93,7 +95,8 @@ def main() -> None:
     # int8 convolutions calibrated on training-split speech, never the test split
     train_audio = sorted(str(corpus / "audio" / f"{cid}.flac") for cid, s in split.items() if s == "train")[:20]
     calib = [x for f in train_audio for x in ("--calibration-audio", f)]
-    sh("export", str(best), "-o", str(int8), "--quantize", "int8", "--no-check", *calib)
+    sh("export", str(best), "-o", str(int8), "--quantize", "int8", "--no-check", "--int8-weights", a.int8_weights,
+       *calib)
 
     from cusemo_batch.model import Model
     from cusemo_batch.training.config import from_dict

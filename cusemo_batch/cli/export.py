@@ -49,6 +49,10 @@ def _export_errors() -> tuple[type[BaseException], ...]:
 @click.option("--calibration-audio", multiple=True, type=click.Path(exists=True, path_type=Path),
               help="With --quantize: real speech (files or folders; training audio, not the test set) to "
                    "calibrate the int8 convolutions' output ranges. Repeatable; up to 600 s are used.")
+@click.option("--int8-weights", type=click.Choice(["per-tensor", "per-channel"]), default="per-tensor",
+              show_default=True,
+              help="With --quantize: one scale per MatMul/LSTM weight tensor (the embedded model's) or "
+                   "one per output channel (closer to fp32 on thresholded outputs; MODEL_CARD.md).")
 @click.option("--no-check", is_flag=True, help="Skip the onnxruntime-vs-torch parity check.")
 @click.option("--check-audio", multiple=True, type=click.Path(exists=True, path_type=Path),
               help="Real audio (files or folders) for the parity check, besides random signals. Repeatable.")
@@ -57,7 +61,7 @@ def _export_errors() -> tuple[type[BaseException], ...]:
                    "to report the CCC change of int8 vs fp32.")
 def export_cmd(checkpoint: Path | None, output: Path | None, opset: int, quantize: str | None,
                no_check: bool, check_audio: tuple[Path, ...], validation: Path | None,
-               calibration_audio: tuple[Path, ...]) -> None:
+               calibration_audio: tuple[Path, ...], int8_weights: str) -> None:
     """Export a trained CHECKPOINT to a self-describing ONNX pair and verify it.
 
     Writes NAME.onnx (whole pass: audio [batch, samples] -> one [batch, frames] output per head)
@@ -72,6 +76,8 @@ def export_cmd(checkpoint: Path | None, output: Path | None, opset: int, quantiz
         raise UserError("--validation only applies with --quantize")
     if calibration_audio and quantize is None:
         raise UserError("--calibration-audio only applies with --quantize")
+    if int8_weights != "per-tensor" and quantize is None:
+        raise UserError("--int8-weights only applies with --quantize")
     if output is None:
         output = Path(checkpoint.stem + ".onnx")
     try:
@@ -85,7 +91,7 @@ def export_cmd(checkpoint: Path | None, output: Path | None, opset: int, quantiz
 
         res = export_checkpoint(checkpoint, output, opset=opset, quantize=quantize, check=not no_check,
                                 check_audio=check_audio, validation=validation, calibration=calibration_audio,
-                                log=console.print)
+                                int8_weights=int8_weights.replace("-", "_"), log=console.print)
         if res.parity and not check_audio:
             console.print("note: parity checked on random signals only; pass --check-audio for real speech")
         if res.parity:
