@@ -43,9 +43,9 @@ from cusemo_batch.model import Model  # noqa: E402
 from cusemo_batch.training.corpus import read_corpus  # noqa: E402  (torch-free)
 
 
-def dev_scores(run: Path, models: dict[str, Model]) -> dict[str, dict[str, float]]:
-    """Dev CCC (valence, arousal, their mean; concatenated calls) per seed model and of their
-    per-bin mean (the ensemble), on the run's dev split with the run's gold and label rate."""
+def dev_scores(run: Path, models: dict[str, Model], ensemble_key: str) -> dict[str, dict[str, float]]:
+    """Dev CCC (valence, arousal, their mean; concatenated calls) per seed model and, under
+    ``ensemble_key``, of their per-bin mean, on the run's dev split with the run's gold and label rate."""
     run_cfg = json.loads((run / "config.json").read_text())
     data = run_cfg["config"]["data"]
     bin_s = data["label_rate_ms"] / 1000
@@ -54,8 +54,8 @@ def dev_scores(run: Path, models: dict[str, Model]) -> dict[str, dict[str, float
     first = next(iter(models.values()))
     calls = acc.build_calls(None, first, corpus, split, data.get("gold", "mean"), bin_s)
     preds = {k: acc.crnn_predict(m, calls, bin_s) for k, m in models.items()}
-    preds["ensemble"] = {c.call_id: {d: np.mean([p[c.call_id][d] for p in preds.values()], axis=0)
-                                     for d in ("valence", "arousal")} for c in calls}
+    preds[ensemble_key] = {c.call_id: {d: np.mean([p[c.call_id][d] for p in preds.values()], axis=0)
+                                       for d in ("valence", "arousal")} for c in calls}
     out = {}
     for k, p in preds.items():
         ccc = {d: ccc_concat_and_mean([p[c.call_id][d] for c in calls], [c.gold[d] for c in calls])[0]
@@ -96,8 +96,8 @@ def main() -> None:
     dev: dict[str, dict] = {}
     if args.dev:
         for tag, run in runs.items():
-            got = dev_scores(Path(run), {k: m for k, m in models.items() if k.startswith(f"{tag} ")})
-            dev.update({(k if k != "ensemble" else f"{tag} ensemble"): v for k, v in got.items()})
+            dev.update(dev_scores(Path(run), {k: m for k, m in models.items() if k.startswith(f"{tag} ")},
+                                  f"{tag} ensemble"))
 
     def dev_cell(key: str) -> str:
         return f" {dev[key]['mean']:.3f} |" if key in dev else ""

@@ -53,6 +53,8 @@ from cusemo_batch.training.checkpoint import load_checkpoint
 from cusemo_batch.text import first_line
 from cusemo_batch.training.model import CRNN, ModelConfig
 
+from .quantize import WEIGHT_SCALES
+
 MIN_OPSET = 17
 MAX_OPSET = 20  # the legacy exporter's maximum in torch 2.13 (ONNX_TORCHSCRIPT_EXPORTER_MAX_OPSET)
 DEFAULT_OPSET = 17
@@ -234,8 +236,8 @@ def export_model(
                           f"(verified minimum .. the legacy exporter's maximum)")
     if quantize not in (None, "int8"):
         raise ExportError(f"unknown quantization {quantize!r}; only int8 is supported")
-    if int8_weights not in ("per_tensor", "per_channel"):
-        raise ExportError(f"int8 weights must be per_tensor or per_channel, not {int8_weights!r}")
+    if int8_weights not in WEIGHT_SCALES:  # before the trace: a typo must not cost an export
+        raise ExportError(f"int8 weights must be {' or '.join(WEIGHT_SCALES)}, not {int8_weights!r}")
     name = out.name[: -len(".onnx")]
     md = build_metadata(model.config, meta, name=name, opset=opset)
     was_training = model.training
@@ -277,7 +279,7 @@ def _export(model: CRNN, md: dict[str, str], out: Path, out_stream: Path, *, ops
         final = fp32
         if quantize == "int8":
             final = _quantize_int8(model, md, fp32, tmp, out.name, audios, calibration, validation, result, log,
-                                   int8_weights)
+                                   weights=int8_weights)
         # Stream first: the whole graph is the entry point and names the stream file's hash.
         for src, dst in ((stream_path_for(final), out_stream), (final, out)):
             with atomic_path(dst) as t:
@@ -290,7 +292,7 @@ def _export(model: CRNN, md: dict[str, str], out: Path, out_stream: Path, *, ops
 
 def _quantize_int8(model: CRNN, md: dict[str, str], fp32: Path, tmp: Path, name: str, audios: list,
                    calibration: Sequence[str | Path], validation: str | Path | None, result: ExportResult,
-                   log: Log, weights: str = "per_tensor") -> Path:
+                   log: Log, *, weights: str) -> Path:
     """The int8 pair from the checked fp32 pair (row-scaled int8 convolutions calibrated on
     ``calibration``, then dynamic int8 MatMul/LSTM), compared with fp32 into ``result.quantization``;
     returns the int8 whole-graph path under ``tmp``."""

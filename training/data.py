@@ -178,14 +178,11 @@ def batch_arrays(segs: list[Segment], calls: list[CallData], cfg: Config,
         c = calls[s.call]
         a0 = int(round(s.bin0 * bin_samples))
         source = (line_audio or {}).get(s.call, c.audio)
-        if f == 1.0:
-            chunk = source[a0:a0 + n_samples]
-            val[j, :k] = c.valence[s.bin0:s.bin1]
-            aro[j, :k] = c.arousal[s.bin0:s.bin1]
-        else:  # the filter's tail needs a few samples past the segment's end; cut back to the batch
-            chunk = speed_perturb(source[a0:a0 + int(math.ceil(n_samples * f)) + 64], f)[:n_samples]
-            val[j, :k] = stretch_labels(c.valence, s.bin0, k, f)
-            aro[j, :k] = stretch_labels(c.arousal, s.bin0, k, f)
+        # the resampling filter's tail needs a few samples past the segment's end; cut back to the
+        # batch (at speed 1 nothing is resampled and the labels are the gold itself)
+        chunk = speed_perturb(source[a0:a0 + int(math.ceil(n_samples * f)) + 64], f)[:n_samples]
+        val[j, :k] = stretch_labels(c.valence, s.bin0, k, f)
+        aro[j, :k] = stretch_labels(c.arousal, s.bin0, k, f)
         if rng is not None and cfg.data.gain_db > 0:
             chunk = chunk * np.float32(10 ** (rng.uniform(-cfg.data.gain_db, cfg.data.gain_db) / 20))
         audio[j, :len(chunk)] = chunk
@@ -212,7 +209,7 @@ def segment_speeds(n: int, cfg: Config, rng: np.random.Generator | None) -> list
 
 def speed_bins(n_bins: int, factor: float) -> int:
     """Label bins that ``n_bins`` of source cover once played ``factor`` times faster (whole bins)."""
-    return n_bins if factor == 1.0 else int(math.floor(n_bins / factor + 1e-9))
+    return int(math.floor(n_bins / factor + 1e-9))
 
 
 def stretch_labels(gold: np.ndarray, bin0: int, n_out: int, factor: float) -> np.ndarray:
