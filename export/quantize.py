@@ -142,13 +142,17 @@ def quantize_dynamic_pair(whole: Path, stream: Path, out_whole: Path, out_stream
 
 
 def conv_blocks(graph) -> list[tuple]:
-    """``(conv, relu, maxpool)`` node chains in graph order (the CRNN's conv blocks)."""
+    """``(conv, relu, maxpool)`` node chains in graph order (the CRNN's conv blocks).
+
+    The fixed convolutions of a log-mel front end (``training/frontend.py``; exported under the
+    ``frontend`` module scope) are not blocks: they stay fp32 and are skipped here.
+    """
     consumers: dict[str, list] = {}
     for n in graph.node:
         for i in n.input:
             consumers.setdefault(i, []).append(n)
     blocks = []
-    for conv in (n for n in graph.node if n.op_type == "Conv"):
+    for conv in (n for n in graph.node if n.op_type == "Conv" and "frontend" not in n.name.split("/")):
         nxt = consumers.get(conv.output[0], [])
         relu = nxt[0] if len(nxt) == 1 and nxt[0].op_type == "Relu" else None
         nxt = consumers.get(relu.output[0], []) if relu is not None else []

@@ -19,7 +19,8 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from .model_config import CONV_NORMS, LSTM_INITS, ModelConfig  # noqa: F401  (re-exported: the model's config)
+from .frontend import LogMelFrontend
+from .model_config import CONV_NORMS, FRONTENDS, LSTM_INITS, ModelConfig  # noqa: F401  (re-exported: the model's config)
 
 
 class CRNN(nn.Module):
@@ -28,8 +29,10 @@ class CRNN(nn.Module):
     def __init__(self, config: ModelConfig = ModelConfig()) -> None:
         super().__init__()
         self.config = config
+        self.frontend = (LogMelFrontend(config.sample_rate, config.n_fft, config.frontend_stride, config.n_mels)
+                         if config.frontend == "logmel" else None)
         blocks: list[nn.Module] = []
-        in_ch = 1
+        in_ch = config.in_channels
         for ch, k, p in zip(config.conv_channels, config.conv_kernels, config.pool_sizes):
             norm = [MaskedBatchNorm1d(ch)] if config.conv_norm == "batch" else []
             blocks += [nn.Conv1d(in_ch, ch, k), *norm, nn.ReLU(), nn.MaxPool1d(p, stride=p)]
@@ -76,10 +79,13 @@ class CRNN(nn.Module):
         Returns per-frame outputs and the LSTM state ``(h, c)``, each ``[layers, batch, hidden]``.
         ``valid``: leading input samples of each row that are not batch padding (see :meth:`forward`).
         """
+        feats = padded.unsqueeze(1)
+        if self.frontend is not None:
+            feats = self.frontend(feats)
+            valid = None if valid is None else self.frontend.frames(valid)
         if valid is None or not self.training or self.config.conv_norm == "none":
-            feats = self.cnn(padded.unsqueeze(1))
+            feats = self.cnn(feats)
         else:
-            feats = padded.unsqueeze(1)
             for layer in self.cnn:
                 if isinstance(layer, nn.Conv1d):
                     valid = valid - (layer.kernel_size[0] - 1)
@@ -152,10 +158,14 @@ def _orthogonal_lstm_init(lstm: nn.LSTM) -> None:
 
 
 def macs_per_second(config: ModelConfig = ModelConfig()) -> float:
-    """Multiply-accumulates per second of audio (conv + LSTM + MLP), for FLOP-bound estimates."""
+    """Multiply-accumulates per second of audio (front end + conv + LSTM + MLP), for FLOP-bound estimates."""
     rate = float(config.sample_rate)
     macs = 0.0
-    in_ch = 1
+    if config.frontend == "logmel":
+        rate /= config.stride
+        n_bins = 2 * (config.n_fft // 2 + 1)
+        macs += rate * n_bins * (config.n_fft + 1 + config.n_mels)  # DFT, squares, mel weights
+    in_ch = config.in_channels
     for ch, k, p in zip(config.conv_channels, config.conv_kernels, config.pool_sizes):
         macs += rate * in_ch * ch * k  # conv runs at the input rate of its block
         rate /= p

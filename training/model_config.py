@@ -12,6 +12,7 @@ from dataclasses import asdict, dataclass
 
 CONV_NORMS = ("none", "batch")
 LSTM_INITS = ("default", "orthogonal")
+FRONTENDS = ("waveform", "logmel")
 
 
 @dataclass(frozen=True)
@@ -38,6 +39,17 @@ class ModelConfig:
     # LSTM initialisation: "default" (torch's uniform) or "orthogonal" (orthogonal recurrent
     # weights, Xavier input weights, forget-gate bias 1: the usual remedy for a saturating LSTM).
     lstm_init: str = "default"
+    # What the conv blocks read: "waveform" (the paper: the raw samples, one channel) or "logmel"
+    # (a fixed, untrained log-mel filterbank computed inside the network by two convolutions --
+    # windowed DFT with stride ``frontend_stride``, then mel weights on the power -- so the graph,
+    # the streaming contract and the level contract stay as they are; the conv blocks then run over
+    # mel frames, and ``hop = frontend_stride * prod(pool_sizes)``). Why offer it: the raw-waveform
+    # CRNN trails eGEMAPS + ridge trained on the same data (MODEL_CARD.md); a spectral front end gives
+    # the conv blocks the spectral envelope and harmonics that the 1 ms first kernels must otherwise learn.
+    frontend: str = "waveform"
+    n_fft: int = 256  # logmel: DFT window (Hann), samples: 32 ms at 8 kHz, 31 Hz bins
+    frontend_stride: int = 50  # logmel: samples between DFT frames (6.25 ms at 8 kHz)
+    n_mels: int = 40  # logmel: mel bands over 0..sample_rate/2 (HTK scale)
 
     def __post_init__(self) -> None:
         n = len(self.conv_channels)
@@ -47,13 +59,32 @@ class ModelConfig:
             raise ValueError(f"conv_norm must be one of {', '.join(CONV_NORMS)}, not {self.conv_norm!r}")
         if self.lstm_init not in LSTM_INITS:
             raise ValueError(f"lstm_init must be one of {', '.join(LSTM_INITS)}, not {self.lstm_init!r}")
+        if self.frontend not in FRONTENDS:
+            raise ValueError(f"frontend must be one of {', '.join(FRONTENDS)}, not {self.frontend!r}")
+        if self.frontend == "logmel" and not (self.n_fft >= 2 and self.frontend_stride >= 1 and self.n_mels >= 1):
+            raise ValueError("logmel front end needs n_fft >= 2, frontend_stride >= 1 and n_mels >= 1")
         if self.outputs[:2] != ("valence", "arousal"):
             raise ValueError("the first two outputs must be valence and arousal")
 
     @property
+    def stride(self) -> int:
+        """Input samples per front-end frame: 1 for the waveform, ``frontend_stride`` for log-mel."""
+        return self.frontend_stride if self.frontend == "logmel" else 1
+
+    @property
+    def window(self) -> int:
+        """Input samples that one front-end frame reads: 1 for the waveform, ``n_fft`` for log-mel."""
+        return self.n_fft if self.frontend == "logmel" else 1
+
+    @property
+    def in_channels(self) -> int:
+        """Channels the first conv block reads."""
+        return self.n_mels if self.frontend == "logmel" else 1
+
+    @property
     def hop(self) -> int:
-        """Input samples per output frame (product of the pool sizes: 250 -> 32 frames/s)."""
-        return math.prod(self.pool_sizes)
+        """Input samples per output frame (front-end stride x pool sizes: 250 -> 32 frames/s)."""
+        return self.stride * math.prod(self.pool_sizes)
 
     @property
     def frame_rate(self) -> float:
@@ -65,7 +96,7 @@ class ModelConfig:
         r = 1
         for k, p in zip(reversed(self.conv_kernels), reversed(self.pool_sizes)):
             r = r * p + k - 1
-        return r
+        return (r - 1) * self.stride + self.window
 
     @property
     def pad_left(self) -> int:

@@ -1,0 +1,124 @@
+"""The log-mel front end (training/frontend.py) against numpy / scipy references, and the CRNN with it."""
+
+import numpy as np
+import pytest
+import torch
+from scipy.signal import get_window
+
+from cusemo_batch.training.frontend import (
+    POWER_FLOOR, LogMelFrontend, dft_kernels, hz_to_mel, mel_filterbank, mel_to_hz)
+from cusemo_batch.training.model import CRNN, ModelConfig, macs_per_second
+
+SR = 8000
+LOGMEL = dict(frontend="logmel", conv_channels=(16, 16, 16), conv_kernels=(5, 3, 3), pool_sizes=(1, 5, 1),
+              lstm_hidden=32, mlp_sizes=(32,))
+
+
+def test_htk_mel_scale_hand_values():
+    # 2595 log10(1 + 700/700) = 2595 log10 2; 1000 Hz is ~1000 mel by construction of the HTK scale
+    assert hz_to_mel(700.0) == pytest.approx(2595 * np.log10(2))
+    assert hz_to_mel(1000.0) == pytest.approx(999.9855, abs=1e-3)
+    assert mel_to_hz(hz_to_mel(np.array([0.0, 123.0, 4000.0]))) == pytest.approx([0.0, 123.0, 4000.0])
+
+
+def test_mel_filterbank_triangles_partition_unity():
+    fb = mel_filterbank(SR, 256, 40)
+    assert fb.shape == (40, 129) and fb.min() >= 0 and fb.max() <= 1
+    freqs = np.arange(129) * SR / 256
+    edges = mel_to_hz(np.linspace(0, hz_to_mel(SR / 2), 42))
+    # every bin between the first and the last band centre is shared by two neighbouring triangles
+    inner = (freqs >= edges[1]) & (freqs <= edges[-2])
+    np.testing.assert_allclose(fb[:, inner].sum(axis=0), 1.0, atol=1e-12)
+    # each band peaks at the bin nearest its centre frequency, and is zero outside its two edges
+    for m in range(40):
+        assert abs(freqs[fb[m].argmax()] - edges[m + 1]) <= SR / 256 / 2 + 1e-9
+        outside = (freqs <= edges[m]) | (freqs >= edges[m + 2])
+        assert not fb[m, outside].any()
+    with pytest.raises(ValueError, match="too narrow"):
+        mel_filterbank(SR, 64, 80)
+
+
+def test_dft_kernels_are_the_hann_windowed_rfft():
+    n_fft = 256
+    k = dft_kernels(n_fft)
+    x = np.random.default_rng(0).standard_normal(n_fft)
+    w = get_window("hann", n_fft)  # scipy's periodic Hann
+    ref = np.fft.rfft(x * w) * 2 / w.sum()
+    np.testing.assert_allclose(k[:129] @ x, ref.real, atol=1e-10)
+    np.testing.assert_allclose(k[129:] @ x, ref.imag, atol=1e-10)
+    # a full-scale sine centred on bin 32 (1000 Hz) has power 1 there
+    t = np.arange(n_fft)
+    s = np.sin(2 * np.pi * 32 * t / n_fft + 0.3)
+    assert (k[32] @ s) ** 2 + (k[129 + 32] @ s) ** 2 == pytest.approx(1.0)
+
+
+def test_log_mel_frontend_matches_numpy_reference_and_silence_is_zero():
+    fe = LogMelFrontend(SR, 256, 50, 40)
+    x = 0.05 * np.random.default_rng(1).standard_normal(4000).astype(np.float32)
+    with torch.no_grad():
+        out = fe(torch.from_numpy(x)[None, None]).numpy()[0]
+    n = (4000 - 256) // 50 + 1
+    assert out.shape == (40, n) and int(fe.frames(torch.tensor(4000))) == n
+    w = get_window("hann", 256)
+    frames = np.stack([x[i * 50: i * 50 + 256] for i in range(n)]).astype(np.float64)
+    power = np.abs(np.fft.rfft(frames * w, axis=1) * 2 / w.sum()) ** 2
+    ref = np.log1p(power @ mel_filterbank(SR, 256, 40).T / POWER_FLOOR).T
+    np.testing.assert_allclose(out, ref, rtol=1e-4, atol=1e-4)
+    with torch.no_grad():
+        assert torch.equal(fe(torch.zeros(1, 1, 1000)), torch.zeros(1, 40, (1000 - 256) // 50 + 1))
+    assert "dft" in dict(fe.named_buffers()) and not list(fe.parameters())  # fixed, not trained
+
+
+def test_logmel_crnn_keeps_the_frame_and_streaming_contract():
+    c = ModelConfig(**LOGMEL, conv_norm="batch")
+    assert (c.hop, c.frame_rate, c.receptive_field, c.in_channels) == (250, 32.0, 1256, 40)
+    assert c.pad_left + c.pad_right == c.receptive_field - c.hop
+    assert ModelConfig().receptive_field == 557 and ModelConfig().in_channels == 1  # paper unchanged
+    torch.manual_seed(0)
+    model = CRNN(c)
+    model.train()
+    model(0.05 * torch.randn(3, 16000))  # running statistics move
+    model.eval()
+    x = 0.05 * torch.randn(2, 8000 * 5 + 123)
+    with torch.no_grad():
+        whole = model(x)
+        padded = torch.nn.functional.pad(x, (c.pad_left, c.pad_right))
+        ctx = c.receptive_field - c.hop
+        a, state = model.forward_padded(padded[:, : 61 * c.hop + ctx])
+        b, _ = model.forward_padded(padded[:, 61 * c.hop:], state)
+        alone = model(x[:1, : 8000 * 2])
+        both = model(torch.cat([x[:1, : 8000 * 2], torch.zeros(1, 8000 * 3 + 123)], 1))
+    assert whole.shape == (2, (8000 * 5 + 123) // 250, 2)
+    torch.testing.assert_close(torch.cat([a, b], 1), whole, atol=1e-5, rtol=0)
+    torch.testing.assert_close(both[:, :64], alone, atol=1e-5, rtol=0)  # the padded tail does not leak back
+
+
+def test_logmel_masked_batch_norm_skips_padding():
+    """Train mode with lengths: a row padded with zeros gives the batch statistics of the unpadded rows."""
+    torch.manual_seed(2)
+    model = CRNN(ModelConfig(**LOGMEL, conv_norm="batch")).train()
+    x = 0.05 * torch.randn(2, 12000)
+    short = torch.cat([x[:, :8000], torch.zeros(2, 4000)], 1)
+    bns = [m for m in model.modules() if isinstance(m, torch.nn.BatchNorm1d)]
+    model(short, torch.tensor([8000, 8000]))
+    masked = [bn.running_mean.clone() for bn in bns]
+    for bn in bns:
+        bn.reset_running_stats()
+    model(x[:, :8000])
+    for m, bn in zip(masked, bns):
+        torch.testing.assert_close(m, bn.running_mean, atol=1e-5, rtol=1e-4)
+
+
+def test_logmel_config_validation_and_cost():
+    with pytest.raises(ValueError, match="frontend"):
+        ModelConfig(frontend="mfcc")
+    with pytest.raises(ValueError, match="n_fft"):
+        ModelConfig(frontend="logmel", n_fft=1)
+    c = ModelConfig(frontend="logmel", conv_channels=(128, 128, 128), conv_kernels=(5, 3, 3), pool_sizes=(1, 5, 1))
+    assert ModelConfig.from_dict(c.to_dict()) == c
+    assert ModelConfig.from_dict({"conv_norm": "batch"}).frontend == "waveform"  # older checkpoints
+    # front end at 160 frames/s: 258 DFT rows x (256 taps + 1 square + 40 mel weights)
+    fe = 160 * 258 * 297
+    convs = 160 * 40 * 128 * 5 + 160 * 128 * 128 * 3 + 32 * 128 * 128 * 3
+    rest = macs_per_second(ModelConfig(conv_channels=(128,), conv_kernels=(1,), pool_sizes=(250,))) - 8000 * 128  # its LSTM + MLP
+    assert macs_per_second(c) == pytest.approx(fe + convs + rest)
