@@ -66,7 +66,7 @@ def main() -> None:
     ap.add_argument("--version", default=time.strftime("%Y.%m.%d"), help="model version written in the metadata")
     ap.add_argument("--jobs", type=int, default=2, help="seeds trained at once (train --jobs)")
     ap.add_argument("--install", action="store_true", help="copy the result into cusemo_batch/models/")
-    ap.add_argument("--int8-weights", choices=("per-tensor", "per-channel"), default="per-tensor",
+    ap.add_argument("--int8-weights", choices=("per-tensor", "per-channel"), default="per-channel",
                     help="scale granularity of the int8 MatMul/LSTM weights (export --int8-weights)")
     a = ap.parse_args()
     t0 = time.perf_counter()
