@@ -69,6 +69,9 @@ def codec(x: np.ndarray, sample_rate: int, name: str) -> np.ndarray:
     return out
 
 
+NOISE_COLOURS = ("white", "pink")
+
+
 def add_noise(x: np.ndarray, snr_db: float, rng: np.random.Generator, *, sample_rate: int = 8000,
               colour: str = "pink") -> np.ndarray:
     """Add stationary ``white`` or ``pink`` noise at ``snr_db`` below the active-speech level of ``x``.
@@ -85,8 +88,8 @@ def add_noise(x: np.ndarray, snr_db: float, rng: np.random.Generator, *, sample_
     n = rng.standard_normal(x.size)
     if colour == "pink":
         n = _pink(n)
-    elif colour != "white":
-        raise ValueError(f"unknown noise colour {colour!r}; expected white or pink")
+    elif colour not in NOISE_COLOURS:
+        raise ValueError(f"unknown noise colour {colour!r}; expected {' or '.join(NOISE_COLOURS)}")
     n *= 10.0 ** ((level - snr_db) / 20.0) / max(float(np.sqrt(np.mean(n * n))), 1e-12)
     return (x + n).astype(np.float32)
 

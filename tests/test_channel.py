@@ -95,9 +95,26 @@ def test_augment_draws_a_random_line_reproducibly(ravdess_dir):
     np.testing.assert_allclose(y, g * x, atol=1e-6)  # one gain: loudness changes inside survive
 
 
+def test_augment_noise_colours_are_drawn_per_segment_and_one_colour_draws_as_before(ravdess_dir):
+    """White and pink both occur with two colours; a one-colour list keeps the old random stream."""
+    x = load_audio(ravdess_dir / "audio" / "03-01-02-01-01-01-01.flac", SR)
+    only_noise = dict(enabled=True, p_bandpass=0, p_codec=0, p_noise=1, p_reverb=0, level_dbfs=(-26, -26), snr_db=(0, 0))
+    pink = augment(x, SR, AugmentConfig(**only_noise), np.random.default_rng(3))
+    assert np.array_equal(pink, augment(x, SR, AugmentConfig(**only_noise, noise_colours=("pink",)), np.random.default_rng(3)))
+    tilts = []
+    for seed in range(12):
+        y = augment(x, SR, AugmentConfig(**only_noise, noise_colours=("white", "pink")), np.random.default_rng(seed))
+        f, p = welch(y.astype(np.float64), SR, nperseg=1024)
+        tilts.append(10 * np.log10(p[(f > 2500) & (f < 3500)].mean() / p[(f > 100) & (f < 300)].mean()))
+    # noise as loud as the speech shows its spectrum: 2.5-3.5 kHz vs 100-300 Hz is ~-7 dB with a
+    # white floor, ~-16 dB with a pink one (1/f); both colours occur in 12 segments
+    assert min(tilts) < -12 and max(tilts) > -10
+
+
 @pytest.mark.parametrize("bad,msg", [({"p_noise": 1.5}, "probability"), ({"snr_db": (30, 10)}, "low <= high"),
                                      ({"codecs": ("opus",)}, "codecs"), ({"level_dbfs": (-20, 3)}, "0 dBFS"),
-                                     ({"speeds": (0.9, 3.0)}, "speeds")])
+                                     ({"speeds": (0.9, 3.0)}, "speeds"), ({"noise_colours": ("blue",)}, "noise_colours"),
+                                     ({"noise_colours": ()}, "noise_colours")])
 def test_augment_config_is_validated(bad, msg):
     with pytest.raises(ValueError, match=msg):
         AugmentConfig(enabled=True, **bad).validate()

@@ -38,6 +38,11 @@ class AugmentConfig:
     codecs: tuple[str, ...] = channel.CODECS
     p_noise: float = 0.5
     snr_db: tuple[float, float] = (10.0, 30.0)  # against the active-speech level
+    # Spectrum of the added noise, one drawn uniformly per segment (channel.NOISE_COLOURS). Pink
+    # alone was v4-v10's; a model that never heard a flat (white) floor reads its high-frequency
+    # energy as agitation (MODEL_CARD.md, known limits). One colour = no extra random draw, so a
+    # recipe without a list draws its batches exactly as before.
+    noise_colours: tuple[str, ...] = ("pink",)
     p_reverb: float = 0.3
     rt60_s: tuple[float, float] = (0.1, 0.4)
     # Speed perturbation (Ko et al. 2015, Kaldi's 0.9 / 1.0 / 1.1): each training segment is played
@@ -62,6 +67,10 @@ class AugmentConfig:
             raise ValueError("level_dbfs must be at most 0 dBFS")
         if any(not 0.5 <= f <= 2.0 for f in self.speeds):
             raise ValueError(f"speeds must be factors in [0.5, 2], got {list(self.speeds)}")
+        bad_colours = [c for c in self.noise_colours if c not in channel.NOISE_COLOURS]
+        if bad_colours or (self.p_noise > 0 and not self.noise_colours):
+            raise ValueError(f"noise_colours must be a non-empty list of {', '.join(channel.NOISE_COLOURS)}, "
+                             f"got {list(self.noise_colours)}")
         unknown = [c for c in self.codecs if c not in channel.CODECS]
         if unknown or (self.p_codec > 0 and not self.codecs):
             raise ValueError(f"codecs must be a non-empty list of {', '.join(channel.CODECS)}, got {list(self.codecs)}")
@@ -82,7 +91,9 @@ def augment(x: np.ndarray, sample_rate: int, cfg: AugmentConfig, rng: np.random.
     if draws[0] < cfg.p_reverb:
         y = channel.reverb(y, sample_rate, rt60, rng)
     if draws[1] < cfg.p_noise:
-        y = channel.add_noise(y, snr, rng, sample_rate=sample_rate)
+        colours = cfg.noise_colours
+        colour = colours[int(rng.integers(len(colours)))] if len(colours) > 1 else colours[0]
+        y = channel.add_noise(y, snr, rng, sample_rate=sample_rate, colour=colour)
     current = active_level_db(y, sample_rate)
     if np.isfinite(current):
         y = channel.apply_gain(y, level - current)
