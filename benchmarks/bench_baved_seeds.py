@@ -64,6 +64,21 @@ def dev_scores(run: Path, models: dict[str, Model], ensemble_key: str) -> dict[s
     return out
 
 
+def export_seeds(tag: str, run: Path, work: Path) -> dict[str, Model]:
+    """fp32 ONNX of every seed's ``best.pt`` as ``work/TAG_seed_N.onnx`` (exported once, reused), by seed."""
+    models = {}
+    for ckpt in sorted(run.glob("seed_*/best.pt")):
+        onnx = work / f"{tag}_{ckpt.parent.name}.onnx"
+        if not onnx.exists():
+            work.mkdir(parents=True, exist_ok=True)
+            subprocess.run([sys.executable, "-m", "cusemo_batch", "export", str(ckpt), "-o", str(onnx), "--no-check"],
+                           check=True, capture_output=True)
+        models[ckpt.parent.name] = Model(onnx, device="cpu", threads=2)
+    if not models:
+        raise SystemExit(f"no seed_*/best.pt under {run}")
+    return models
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--run", action="append", required=True, help="TAG=RUN_DIR (repeat)")
@@ -75,13 +90,7 @@ def main() -> None:
     runs = dict(r.split("=", 1) for r in args.run)
     models: dict[str, Model] = {}
     for tag, run in runs.items():
-        for ckpt in sorted(Path(run).glob("seed_*/best.pt")):
-            onnx = args.work / f"{tag}_{ckpt.parent.name}.onnx"
-            if not onnx.exists():
-                args.work.mkdir(parents=True, exist_ok=True)
-                subprocess.run([sys.executable, "-m", "cusemo_batch", "export", str(ckpt), "-o", str(onnx),
-                                "--no-check"], check=True, capture_output=True)
-            models[f"{tag} {ckpt.parent.name}"] = Model(onnx, device="cpu", threads=2)
+        models.update({f"{tag} {seed}": m for seed, m in export_seeds(tag, Path(run), args.work).items()})
     files = bt.read_baved(args.baved)
     levels = np.array([f["level"] for f in files])
     first = next(iter(models.values()))

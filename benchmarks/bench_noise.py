@@ -20,7 +20,6 @@ from __future__ import annotations
 import argparse
 import json
 import statistics
-import subprocess
 import sys
 from pathlib import Path
 from typing import Callable
@@ -31,6 +30,7 @@ HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE))
 
 import bench_accuracy as acc  # noqa: E402
+from bench_baved_seeds import export_seeds  # noqa: E402
 import bench_transfer as bt  # noqa: E402
 
 from cusemo_batch import channel  # noqa: E402
@@ -51,21 +51,6 @@ def conditions(snr_db: float) -> dict[str, Callable[[np.ndarray, int, str], np.n
         return apply
     return {"clean": lambda x, sr, call_id: x, f"white {snr_db:g} dB": noisy("white"),
             f"pink {snr_db:g} dB": noisy("pink")}
-
-
-def export_seeds(tag: str, run: Path, work: Path) -> dict[str, Model]:
-    """fp32 ONNX of every seed's best checkpoint (exported once, reused across calls)."""
-    models = {}
-    for ckpt in sorted(run.glob("seed_*/best.pt")):
-        onnx = work / f"{tag}_{ckpt.parent.name}.onnx"
-        if not onnx.exists():
-            work.mkdir(parents=True, exist_ok=True)
-            subprocess.run([sys.executable, "-m", "cusemo_batch", "export", str(ckpt), "-o", str(onnx), "--no-check"],
-                           check=True, capture_output=True)
-        models[ckpt.parent.name] = Model(onnx, device="cpu", threads=2)
-    if not models:
-        raise SystemExit(f"no seed_*/best.pt under {run}")
-    return models
 
 
 def score_run(run: Path, models: dict[str, Model], split_name: str, conds: dict) -> dict[str, dict[str, dict]]:
