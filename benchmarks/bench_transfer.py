@@ -41,6 +41,9 @@ Rows (the benchmark only reports; nothing here selects a model)
      ``--telephone-snr-db`` (20 dB) below the active-speech level, 300-3400 Hz band-pass, G.711
      ``--telephone-codec`` (u-law) -- with a fixed seed per call, ``crc32("SEED:call_id")``
      (``--channel-seed``, 0), so every run and every system hears the same noise;
+   * ``white noise``: white noise at ``--white-snr-db`` (20 dB) below the active-speech level, native
+     level, no band-pass or codec (seed ``crc32("SEED:call_id")`` as above): a hissing line. Added
+     after v10 read a white floor as agitation while the (pink-noise) telephone row looked fine;
    * ``level -45 ... -5 dBFS`` (``--levels``): each call scaled by one gain to that active-speech
      RMS (``level.normalise_level``: gain = target - ``active_level_db(x)``). Samples stay float:
      **no clipping** at any level (at -5 dBFS the peaks exceed full scale; the detail table gives
@@ -100,6 +103,8 @@ def _args(argv=None) -> argparse.Namespace:
     c.add_argument("--levels", default="-45,-35,-25,-15,-5", help="active-speech levels (dBFS) of the level rows")
     c.add_argument("--telephone-codec", default="ulaw", help="codec of the telephone row (ulaw, alaw, gsm)")
     c.add_argument("--telephone-snr-db", type=float, default=20.0, help="noise of the telephone row")
+    c.add_argument("--white-snr-db", type=float, default=20.0,
+                   help="white noise of the 'white noise' row, dB below the active speech")
     c.add_argument("--channel-seed", type=int, default=0, help="base of the per-call noise seeds")
     c.add_argument("--baved-level-dbfs", type=float, default=-26.0, help="BAVED fixed-level row")
     c.add_argument("--same-data-lines", type=int, default=3,
@@ -160,19 +165,28 @@ def _telephone(x: np.ndarray, sample_rate: int, call_id: str, *, codec_name: str
                              snr_db=snr_db)
 
 
+def _white_noise(x: np.ndarray, sample_rate: int, call_id: str, *, snr_db: float, base_seed: int) -> np.ndarray:
+    rng = np.random.default_rng(call_seed(call_id, base_seed))
+    return channel.add_noise(x, snr_db, rng, sample_rate=sample_rate, colour="white")
+
+
 def _at_level(x: np.ndarray, sample_rate: int, call_id: str, *, target_dbfs: float) -> np.ndarray:
     return level.normalise_level(x, sample_rate, target_dbfs)  # one float32 gain, no clipping
 
 
 def make_conditions(args) -> list[Condition]:
-    """clean, telephone, then one row per level (see the module docstring for why each)."""
+    """clean, telephone, white noise, then one row per level (see the module docstring for why each)."""
     out = [Condition("clean", "clean", "as recorded", _as_recorded),
            Condition("telephone", "telephone",
                      f"channel.telephone: pink noise {args.telephone_snr_db:g} dB below the active-speech level "
                      f"(seed crc32('{args.channel_seed}:call_id')), 300-3400 Hz band-pass, {args.telephone_codec}; "
                      "native level",
                      functools.partial(_telephone, codec_name=args.telephone_codec, snr_db=args.telephone_snr_db,
-                                       base_seed=args.channel_seed))]
+                                       base_seed=args.channel_seed)),
+           Condition("white_noise", "white noise",
+                     f"channel.add_noise: white noise {args.white_snr_db:g} dB below the active-speech level "
+                     f"(seed crc32('{args.channel_seed}:call_id')); native level, no band-pass or codec",
+                     functools.partial(_white_noise, snr_db=args.white_snr_db, base_seed=args.channel_seed))]
     for lv in parse_levels(args.levels):
         out.append(Condition(f"level_{lv:g}", f"{lv:g} dBFS",
                              f"level.normalise_level to {lv:g} dBFS active-speech RMS, float, no clipping",
