@@ -122,3 +122,38 @@ def test_logmel_config_validation_and_cost():
     convs = 160 * 40 * 128 * 5 + 160 * 128 * 128 * 3 + 32 * 128 * 128 * 3
     rest = macs_per_second(ModelConfig(conv_channels=(128,), conv_kernels=(1,), pool_sizes=(250,))) - 8000 * 128  # its LSTM + MLP
     assert macs_per_second(c) == pytest.approx(fe + convs + rest)
+
+
+def test_freq_mask_masks_whole_bands_within_bounds_and_is_seeded():
+    from cusemo_batch.training.model import freq_mask
+
+    feats = torch.rand(64, 40, 30) + 1.0  # no zeros of its own
+    out = freq_mask(feats, 2, 8, generator=torch.Generator().manual_seed(0))
+    zero_band = (out == 0).all(dim=2)  # [B, bands]: a masked band is masked over every frame
+    assert ((out == 0) == zero_band[:, :, None]).all()  # ... and nothing else is touched
+    torch.testing.assert_close(out[~zero_band], feats[~zero_band])
+    per_row = zero_band.sum(1)
+    assert per_row.max() <= 16 and per_row.float().mean() > 2  # two masks of 0..8 bands (mean 8 if disjoint)
+    assert zero_band[:, 0].any() and zero_band[:, -1].any()  # both edges reachable
+    again = freq_mask(feats, 2, 8, generator=torch.Generator().manual_seed(0))
+    assert torch.equal(out, again)
+    assert torch.equal(freq_mask(feats, 2, 0), feats)  # width 0: no mask
+
+
+def test_freq_masks_only_in_training_mode():
+    cfg = ModelConfig(**LOGMEL, conv_norm="batch", spec_freq_masks=2, spec_freq_width=8)
+    plain = ModelConfig(**LOGMEL, conv_norm="batch")
+    torch.manual_seed(0)
+    model = CRNN(cfg)
+    ref = CRNN(plain)
+    ref.load_state_dict(model.state_dict())
+    x = 0.05 * torch.randn(2, 8000)
+    model.eval(), ref.eval()
+    torch.testing.assert_close(model(x), ref(x), rtol=0, atol=0)  # eval (and so every export): no masks
+    model.train(), ref.train()
+    assert not torch.allclose(model(x), ref(x))
+    with pytest.raises(ValueError, match="logmel"):
+        ModelConfig(spec_freq_masks=2, spec_freq_width=8)
+    with pytest.raises(ValueError, match="n_mels"):
+        ModelConfig(**LOGMEL, spec_freq_masks=2, spec_freq_width=99)
+    assert ModelConfig.from_dict(cfg.to_dict()) == cfg

@@ -83,6 +83,9 @@ class CRNN(nn.Module):
         if self.frontend is not None:
             feats = self.frontend(feats)
             valid = None if valid is None else self.frontend.frames(valid)
+            c = self.config
+            if self.training and c.spec_freq_masks and c.spec_freq_width:
+                feats = freq_mask(feats, c.spec_freq_masks, c.spec_freq_width)
         if valid is None or not self.training or self.config.conv_norm == "none":
             feats = self.cnn(feats)
         else:
@@ -101,6 +104,24 @@ class CRNN(nn.Module):
 
     def n_params(self) -> int:
         return sum(p.numel() for p in self.parameters())
+
+
+def freq_mask(feats: torch.Tensor, n_masks: int, max_width: int,
+              generator: torch.Generator | None = None) -> torch.Tensor:
+    """SpecAugment frequency masking of ``[B, bands, frames]``: per row, ``n_masks`` runs of
+    ``w ~ U{0..max_width}`` adjacent bands starting at ``f0 ~ U{0..bands - w}`` set to 0.
+
+    0 is digital silence in the log-mel front end (``log(1 + power / floor)``), so a masked band
+    looks like a band a line filtered out, not like a made-up level. Draws come from torch's
+    generator (seeded per training seed), so a run is reproducible.
+    """
+    b, bands, _ = feats.shape
+    width = torch.randint(0, max_width + 1, (b, n_masks), generator=generator, device=feats.device)
+    start = (torch.rand((b, n_masks), generator=generator, device=feats.device) * (bands - width + 1)).floor()
+    idx = torch.arange(bands, device=feats.device)[None, None, :]
+    hit = (idx >= start[..., None]) & (idx < (start + width)[..., None])  # [B, masks, bands]
+    keep = (~hit.any(dim=1)).to(feats.dtype)[:, :, None]
+    return feats * keep
 
 
 class MaskedBatchNorm1d(nn.BatchNorm1d):

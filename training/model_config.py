@@ -50,6 +50,13 @@ class ModelConfig:
     n_fft: int = 256  # logmel: DFT window (Hann), samples: 32 ms at 8 kHz, 31 Hz bins
     frontend_stride: int = 50  # logmel: samples between DFT frames (6.25 ms at 8 kHz)
     n_mels: int = 40  # logmel: mel bands over 0..sample_rate/2 (HTK scale)
+    # logmel, training only (like dropout: nothing changes in eval mode or in an export): SpecAugment's
+    # frequency masking (Park et al., 2019) -- per training row, ``spec_freq_masks`` bands of a width
+    # drawn uniformly from 0..``spec_freq_width`` mel bands set to digital silence (0 after the log).
+    # Why: 15 training voices are few for a network, and a band the model must do without teaches it
+    # not to lean on any one part of the spectrum -- the part a hiss, a codec or a headset changes.
+    spec_freq_masks: int = 0
+    spec_freq_width: int = 0
 
     def __post_init__(self) -> None:
         n = len(self.conv_channels)
@@ -63,6 +70,13 @@ class ModelConfig:
             raise ValueError(f"frontend must be one of {', '.join(FRONTENDS)}, not {self.frontend!r}")
         if self.frontend == "logmel" and not (self.n_fft >= 2 and self.frontend_stride >= 1 and self.n_mels >= 1):
             raise ValueError("logmel front end needs n_fft >= 2, frontend_stride >= 1 and n_mels >= 1")
+        if self.spec_freq_masks < 0 or self.spec_freq_width < 0:
+            raise ValueError("spec_freq_masks and spec_freq_width must be >= 0")
+        if self.spec_freq_masks and self.spec_freq_width:
+            if self.frontend != "logmel":
+                raise ValueError("spec_freq_masks needs the logmel front end (it masks mel bands)")
+            if self.spec_freq_width > self.n_mels:
+                raise ValueError(f"spec_freq_width {self.spec_freq_width} exceeds n_mels {self.n_mels}")
         if self.outputs[:2] != ("valence", "arousal"):
             raise ValueError("the first two outputs must be valence and arousal")
 
