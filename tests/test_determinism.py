@@ -116,3 +116,27 @@ def test_sigkill_and_resume_gives_the_same_rows(folders, reference, tmp_path):
     r = _cli("score", crowd, "--out", out, "--threads", "2", "--force")
     assert r.returncode == 0, r.stderr
     assert_identical(reference, rows(out), "after --force")
+
+
+def _all_rows(out: Path) -> dict[str, pl.DataFrame]:
+    got = {}
+    for table in ("timeseries", "events", "calls"):
+        df = pl.read_parquet(sorted((out / table).glob("date=*/*.parquet")), hive_partitioning=True,
+                             missing_columns="insert")
+        df = df.drop([c for c in RUN_COLUMNS if c in df.columns])
+        got[table] = df.sort([c for c in ("call_id", "speaker", "t_start_s", "kind") if c in df.columns])
+    return got
+
+
+def test_parallel_lanes_store_the_same_numbers_as_one_thread(folders, tmp_path):
+    """With N threads the scorer runs calls on N single-threaded sessions at once (Scorer._lanes):
+    every call of a crowded folder must store exactly what one thread stores."""
+    _, crowd = folders
+    one = Scorer(Model(DEFAULT_MODEL, device="cpu", threads=1))
+    assert run_nightly(crowd, tmp_path / "one", one).scored == 8 and not one._lane_models
+    expected = _all_rows(tmp_path / "one")
+    for threads in (2, 3):
+        lanes = Scorer(Model(DEFAULT_MODEL, device="cpu", threads=threads))
+        assert run_nightly(crowd, tmp_path / f"t{threads}", lanes).scored == 8
+        assert len(lanes._lane_models) == threads  # the lanes really ran
+        assert_identical(expected, _all_rows(tmp_path / f"t{threads}"), f"{threads} lanes")
