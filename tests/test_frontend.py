@@ -128,16 +128,32 @@ def test_freq_mask_masks_whole_bands_within_bounds_and_is_seeded():
     from cusemo_batch.training.model import freq_mask
 
     feats = torch.rand(64, 40, 30) + 1.0  # no zeros of its own
-    out = freq_mask(feats, 2, 8, generator=torch.Generator().manual_seed(0))
+    out = freq_mask(feats, 2, 8, fill="silence", generator=torch.Generator().manual_seed(0))
     zero_band = (out == 0).all(dim=2)  # [B, bands]: a masked band is masked over every frame
     assert ((out == 0) == zero_band[:, :, None]).all()  # ... and nothing else is touched
     torch.testing.assert_close(out[~zero_band], feats[~zero_band])
     per_row = zero_band.sum(1)
     assert per_row.max() <= 16 and per_row.float().mean() > 2  # two masks of 0..8 bands (mean 8 if disjoint)
     assert zero_band[:, 0].any() and zero_band[:, -1].any()  # both edges reachable
-    again = freq_mask(feats, 2, 8, generator=torch.Generator().manual_seed(0))
+    again = freq_mask(feats, 2, 8, fill="silence", generator=torch.Generator().manual_seed(0))
     assert torch.equal(out, again)
     assert torch.equal(freq_mask(feats, 2, 0), feats)  # width 0: no mask
+    # fill "mean": the same bands (same draws) hold their mean over the row's frames
+    mean_out = freq_mask(feats, 2, 8, generator=torch.Generator().manual_seed(0))
+    expected = torch.where(zero_band[:, :, None], feats.mean(dim=2, keepdim=True).expand_as(feats), feats)
+    torch.testing.assert_close(mean_out, expected)
+
+
+def test_freq_mask_mean_skips_batch_padding():
+    from cusemo_batch.training.model import freq_mask
+
+    feats = torch.rand(2, 10, 20) + 1.0
+    feats[1, :, 12:] = 0.0  # row 1: 12 real frames, then zero padding
+    out = freq_mask(feats, 1, 10, valid=torch.tensor([20, 12]), generator=torch.Generator().manual_seed(3))
+    changed = (out != feats).any(dim=2)
+    b, f = next((b, f) for b in (1, 0) for f in range(10) if changed[b, f])
+    n = 12 if b == 1 else 20
+    torch.testing.assert_close(out[b, f, 0], feats[b, f, :n].mean())
 
 
 def test_freq_masks_only_in_training_mode():
@@ -156,4 +172,6 @@ def test_freq_masks_only_in_training_mode():
         ModelConfig(spec_freq_masks=2, spec_freq_width=8)
     with pytest.raises(ValueError, match="n_mels"):
         ModelConfig(**LOGMEL, spec_freq_masks=2, spec_freq_width=99)
+    with pytest.raises(ValueError, match="spec_freq_fill"):
+        ModelConfig(**LOGMEL, spec_freq_masks=2, spec_freq_width=4, spec_freq_fill="noise")
     assert ModelConfig.from_dict(cfg.to_dict()) == cfg

@@ -85,7 +85,7 @@ class CRNN(nn.Module):
             valid = None if valid is None else self.frontend.frames(valid)
             c = self.config
             if self.training and c.spec_freq_masks and c.spec_freq_width:
-                feats = freq_mask(feats, c.spec_freq_masks, c.spec_freq_width)
+                feats = freq_mask(feats, c.spec_freq_masks, c.spec_freq_width, fill=c.spec_freq_fill, valid=valid)
         if valid is None or not self.training or self.config.conv_norm == "none":
             feats = self.cnn(feats)
         else:
@@ -106,22 +106,33 @@ class CRNN(nn.Module):
         return sum(p.numel() for p in self.parameters())
 
 
-def freq_mask(feats: torch.Tensor, n_masks: int, max_width: int,
-              generator: torch.Generator | None = None) -> torch.Tensor:
+def freq_mask(feats: torch.Tensor, n_masks: int, max_width: int, *, fill: str = "mean",
+              valid: torch.Tensor | None = None, generator: torch.Generator | None = None) -> torch.Tensor:
     """SpecAugment frequency masking of ``[B, bands, frames]``: per row, ``n_masks`` runs of
-    ``w ~ U{0..max_width}`` adjacent bands starting at ``f0 ~ U{0..bands - w}`` set to 0.
+    ``w ~ U{0..max_width}`` adjacent bands starting at ``f0 ~ U{0..bands - w}`` replaced.
 
-    0 is digital silence in the log-mel front end (``log(1 + power / floor)``), so a masked band
-    looks like a band a line filtered out, not like a made-up level. Draws come from torch's
-    generator (seeded per training seed), so a run is reproducible.
+    ``fill="mean"``: a masked band holds its mean over the row's frames (the first ``valid[b]``
+    of row ``b`` when given: batch padding is not speech) -- the band loses its detail, not its
+    level, so the batch norm after the first conv sees the statistics it sees at inference
+    (SpecAugment masks mean-normalised features with 0, i.e. with their mean). ``fill="silence"``:
+    0, digital silence in the log-mel front end. Draws come from torch's generator (seeded per
+    training seed), so a run is reproducible.
     """
-    b, bands, _ = feats.shape
+    b, bands, t = feats.shape
     width = torch.randint(0, max_width + 1, (b, n_masks), generator=generator, device=feats.device)
     start = (torch.rand((b, n_masks), generator=generator, device=feats.device) * (bands - width + 1)).floor()
     idx = torch.arange(bands, device=feats.device)[None, None, :]
     hit = (idx >= start[..., None]) & (idx < (start + width)[..., None])  # [B, masks, bands]
-    keep = (~hit.any(dim=1)).to(feats.dtype)[:, :, None]
-    return feats * keep
+    masked = hit.any(dim=1)[:, :, None]  # [B, bands, 1]
+    if fill == "silence":
+        return feats.masked_fill(masked, 0.0)
+    if valid is None:
+        mean = feats.mean(dim=2, keepdim=True)
+    else:
+        n = valid.clamp(min=1, max=t).to(feats.dtype)
+        inside = (torch.arange(t, device=feats.device)[None, :] < n[:, None]).to(feats.dtype)  # [B, T]
+        mean = (feats * inside[:, None, :]).sum(dim=2, keepdim=True) / n[:, None, None]
+    return torch.where(masked, mean.expand_as(feats), feats)
 
 
 class MaskedBatchNorm1d(nn.BatchNorm1d):
