@@ -265,15 +265,15 @@ class Scorer:
         want = m.threads or os.cpu_count() or 1
         if m.batch_invariant or m.providers[0] != "CPUExecutionProvider" or want < 2 or n_groups < 2:
             return []
-        if len(self._lane_models) < want:
-            self._lane_models += [Model(m.path, device="cpu", threads=1) for _ in range(want - len(self._lane_models))]
-            for lane in self._lane_models:
-                lane.check_stream()
-        return self._lane_models[: min(want, n_groups)]
+        n = min(want, n_groups)  # open only the sessions this wave can use
+        while len(self._lane_models) < n:
+            lane = Model(m.path, device="cpu", threads=1)
+            lane.check_stream()
+            self._lane_models.append(lane)
+        return self._lane_models[:n]
 
     def _infer_group(self, m: Model, group: list[SpeakerAudio]) -> list[dict[str, np.ndarray]]:
         """One batch (rows of similar length, zero-padded) through the streaming graph of ``m``."""
-        o = self.options
         longest = max(len(g.audio) for g in group)
         if len(group) == 1:  # a long call alone: no padded copy of hours of audio
             batch = group[0].audio[None, :]
@@ -281,12 +281,7 @@ class Scorer:
             batch = np.zeros((len(group), longest), np.float32)
             for r, g in enumerate(group):
                 batch[r, : len(g.audio)] = g.audio
-        chunk_frames = max(1, int(o.chunk_s * m.frame_rate))
-        stream = m.stream(batch=len(group), chunk_frames=chunk_frames)
-        step = chunk_frames * m.hop
-        parts = [stream.push(batch[:, s:s + step]) for s in range(0, longest, step)]
-        parts.append(stream.finish())
-        frames = {k: np.concatenate([p[k] for p in parts], axis=1) for k in m.outputs}
+        frames = m.infer_stream(batch, chunk_frames=max(1, int(self.options.chunk_s * m.frame_rate)))
         return [{name: v[r, : len(g.audio) // m.hop] for name, v in frames.items()} for r, g in enumerate(group)]
 
     # ------------------------------------------------------------------------- to call time
