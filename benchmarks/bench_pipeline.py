@@ -125,8 +125,23 @@ def run_child(args: list[str]) -> tuple[float, float, str]:
     return d["wall"], d["rss_kib"] / 1024, d["out"]
 
 
-def torch_eager_seconds(model_path: Path, folders: list[Path], threads: int, chunk_s: float = 60.0) -> tuple[float, float]:
-    """Model-only torch eager time over the same decoded, silence-compressed audio as the scorer.
+def decoded_audio(model_path: Path, folders: list[Path]) -> list[np.ndarray]:
+    """The scorer's decoded, silence-compressed, normalised speaker tracks: what the model sees."""
+    from cusemo_batch.calls import discover
+    from cusemo_batch.model import Model
+    from cusemo_batch.scorer import Scorer
+
+    scorer = Scorer(Model(model_path, device="cpu"))
+    audio = []
+    for folder in folders:
+        calls, _ = discover(folder)
+        for call in calls:
+            audio += [s.audio for s in scorer.decode(call).speakers]
+    return audio
+
+
+def torch_eager_seconds(model_path: Path, audio: list[np.ndarray], threads: int, chunk_s: float = 60.0) -> tuple[float, float]:
+    """Model-only torch eager time over ``audio`` (:func:`decoded_audio`), and its seconds.
 
     ``chunk_s`` = 300 is the peer a researcher runs: ``model(audio)`` on a whole call (calls up to
     5 min), and 5-min chunks with the state carried beyond that (a whole 2 h pass needs > 10 GB).
@@ -134,21 +149,12 @@ def torch_eager_seconds(model_path: Path, folders: list[Path], threads: int, chu
     """
     import torch
 
-    from cusemo_batch.calls import discover
     from cusemo_batch.model import Model
-    from cusemo_batch.scorer import Scorer
     from cusemo_batch.training.model import CRNN, ModelConfig
 
     torch.set_num_threads(threads)
-    m = Model(model_path, device="cpu")
-    scorer = Scorer(m)
-    cfg = ModelConfig.from_dict(m.metadata["model_config"])
+    cfg = ModelConfig.from_dict(Model(model_path, device="cpu").metadata["model_config"])
     net = CRNN(cfg).eval()
-    audio = []
-    for folder in folders:
-        calls, _ = discover(folder)
-        for call in calls:
-            audio += [s.audio for s in scorer.decode(call).speakers]
     seconds = sum(len(a) for a in audio) / SR
     chunk = int(chunk_s * SR)
     ctx = cfg.receptive_field - cfg.hop
@@ -186,6 +192,7 @@ def main() -> None:
         runs: dict[str, list[float]] = {k: [] for k in ("calls", "long", "torch_calls", "tuned_calls",
                                                           "torch_long", "tuned_long")}
         rss_calls = rss_long = 0.0
+        audio_calls, audio_long = decoded_audio(model, [calls]), decoded_audio(model, [long_dir])
         for r in range(a.repeats):
             w, rss, _ = run_child(cmd + [str(calls), "--out", str(tmp / f"out1_{r}")] + common)
             runs["calls"].append(w)
@@ -193,12 +200,12 @@ def main() -> None:
             w, rss, _ = run_child(cmd + [str(long_dir), "--out", str(tmp / f"out2_{r}")] + common)
             runs["long"].append(w)
             rss_long = max(rss_long, rss)
-            t, speech_calls = torch_eager_seconds(model, [calls], a.threads, 300.0)
+            t, speech_calls = torch_eager_seconds(model, audio_calls, a.threads, 300.0)
             runs["torch_calls"].append(t)
-            runs["tuned_calls"].append(torch_eager_seconds(model, [calls], a.threads, 60.0)[0])
-            t, speech_long = torch_eager_seconds(model, [long_dir], a.threads, 300.0)
+            runs["tuned_calls"].append(torch_eager_seconds(model, audio_calls, a.threads, 60.0)[0])
+            t, speech_long = torch_eager_seconds(model, audio_long, a.threads, 300.0)
             runs["torch_long"].append(t)
-            runs["tuned_long"].append(torch_eager_seconds(model, [long_dir], a.threads, 60.0)[0])
+            runs["tuned_long"].append(torch_eager_seconds(model, audio_long, a.threads, 60.0)[0])
             print(f"run {r + 1}/{a.repeats}: " + ", ".join(f"{k} {v[-1]:.1f} s" for k, v in runs.items()), flush=True)
         best = {k: min(v) for k, v in runs.items()}
         w_calls, w_long = best["calls"], best["long"]
