@@ -318,7 +318,9 @@ def test_augment_and_loss_sections_are_read_and_validated(tmp_path):
     assert cfg.model.lstm_init == "orthogonal" and cfg.train.lr == 1e-4  # v5
     assert cfg.model.frontend == "logmel" and cfg.model.hop == 250 and cfg.train.epochs == 30  # v10
     assert cfg.augment.noise_colours == ("white", "pink") and cfg.train.patience == 8  # v14
-    assert (cfg.model.spec_freq_masks, cfg.model.spec_freq_width, cfg.model.spec_freq_fill) == (2, 6, "mean")
+    assert cfg.model.spec_freq_masks == 0 and cfg.augment.snr_db == (15.0, 35.0)  # v15
+    v14 = load_config("ravdess_v14")  # the recipe v15 replaced stays loadable with its masking
+    assert (v14.model.spec_freq_masks, v14.model.spec_freq_width, v14.model.spec_freq_fill) == (2, 6, "mean")
     assert cfg.loss.mse_weight == 0.1 and cfg.train.seeds == (42, 24, 12, 10, 100, 125)
     assert not load_config("default").augment.enabled  # the paper's protocol stays plain
     bad = tmp_path / "bad.toml"
