@@ -316,7 +316,7 @@ def test_augment_and_loss_sections_are_read_and_validated(tmp_path):
     cfg = load_config("ravdess_default")
     assert cfg.augment.enabled and cfg.data.normalisation == "speech_rms" and cfg.model.conv_norm == "batch"
     assert cfg.model.lstm_init == "orthogonal" and cfg.train.lr == 1e-4  # v5
-    assert cfg.model.frontend == "logmel" and cfg.model.hop == 250 and cfg.train.epochs == 30  # v10
+    assert cfg.model.frontend == "logmel" and cfg.model.hop == 250 and cfg.train.epochs == 45  # v10: 30, v17: 45
     assert cfg.augment.noise_colours == ("white", "pink") and cfg.train.patience == 8  # v14
     assert cfg.model.spec_freq_masks == 0 and cfg.augment.snr_db == (15.0, 35.0)  # v15
     v14 = load_config("ravdess_v14")  # the recipe v15 replaced stays loadable with its masking
