@@ -1,4 +1,5 @@
-"""Telephone-channel effects on 8 kHz speech: band-pass, codecs, noise, reverberation, gain.
+"""Telephone-channel effects on 8 kHz speech: band-pass, codecs, noise, reverberation, microphone
+colouring, gain.
 
 Why: a model trained on studio speech meets call-center lines -- narrow-band handsets, G.711
 companding, GSM on mobile legs, room echo, background noise, any level from -40 to -6 dBFS. The same
@@ -16,6 +17,7 @@ Every function is pure: input array in, new float32 array out, randomness only f
 from __future__ import annotations
 
 import io
+from collections.abc import Sequence
 from functools import lru_cache
 
 import numpy as np
@@ -126,6 +128,54 @@ def reverb(x: np.ndarray, sample_rate: int, rt60_s: float, rng: np.random.Genera
 
     h = room_impulse(sample_rate, rt60_s, rng, direct_ratio_db)
     return fftconvolve(np.asarray(x, dtype=np.float64), h)[: len(x)].astype(np.float32)
+
+
+def microphone_response_db(freqs_hz: np.ndarray, tilt_db_per_octave: float,
+                           peaks: Sequence[tuple[float, float, float]] = ()) -> np.ndarray:
+    """Gain in dB at ``freqs_hz`` of a microphone / handset: a spectral tilt around 1 kHz plus
+    peaking bumps ``(centre_hz, gain_db, width_octaves)``, Gaussian on a log-frequency axis.
+
+    Why this shape: handsets, headsets and room microphones differ mostly by a slope (a brighter or
+    duller capsule, proximity effect) and a few broad resonances of +-several dB -- the colouring a
+    model must not read as vocal effort, which also tilts the spectrum. Below 50 Hz the response is
+    held at its 50 Hz value (nothing of the voice lives there at 8 kHz sampling).
+    """
+    f = np.maximum(np.asarray(freqs_hz, dtype=np.float64), 50.0)
+    octaves = np.log2(f / 1000.0)
+    db = tilt_db_per_octave * octaves
+    for centre, gain, width in peaks:
+        db = db + gain * np.exp(-0.5 * (np.log2(f / centre) / width) ** 2)
+    return db
+
+
+def microphone(x: np.ndarray, sample_rate: int, tilt_db_per_octave: float,
+               peaks: Sequence[tuple[float, float, float]] = (), numtaps: int = 129) -> np.ndarray:
+    """Colour ``x`` with :func:`microphone_response_db`: a linear-phase FIR (scipy's ``firwin2``,
+    ``numtaps`` taps, 16 ms at 8 kHz) applied with its delay removed, so the output stays aligned
+    with ``x`` (and with the labels of a training segment). Same length out; the level is left to
+    the caller (augmentation sets it afterwards).
+    """
+    from scipy.signal import firwin2, oaconvolve
+
+    x = np.asarray(x, dtype=np.float32)
+    if x.size == 0:
+        return x.copy()
+    grid = np.linspace(0.0, sample_rate / 2.0, 65)
+    h = firwin2(numtaps, grid, 10.0 ** (microphone_response_db(grid, tilt_db_per_octave, peaks) / 20.0),
+                fs=sample_rate)
+    return oaconvolve(x.astype(np.float64), h, mode="same").astype(np.float32)
+
+
+def random_microphone(rng: np.random.Generator, sample_rate: int, tilt_db_per_octave: float,
+                      peak_db: float, n_peaks: int) -> tuple[float, list[tuple[float, float, float]]]:
+    """Draw a :func:`microphone`: tilt uniform in +-``tilt_db_per_octave``; ``n_peaks`` bumps with
+    gains uniform in +-``peak_db``, centres log-uniform over 150 Hz ... 0.45 ``sample_rate`` and
+    widths uniform in 0.3-1.0 octave. Always draws ``1 + 3 * n_peaks`` numbers (fixed stream)."""
+    tilt = float(rng.uniform(-tilt_db_per_octave, tilt_db_per_octave))
+    lo, hi = np.log2(150.0), np.log2(0.45 * sample_rate)
+    peaks = [(float(2.0 ** rng.uniform(lo, hi)), float(rng.uniform(-peak_db, peak_db)), float(rng.uniform(0.3, 1.0)))
+             for _ in range(n_peaks)]
+    return tilt, peaks
 
 
 def telephone(x: np.ndarray, sample_rate: int, *, seed: int = 0, codec_name: str = "ulaw",

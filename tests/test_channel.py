@@ -114,7 +114,8 @@ def test_augment_noise_colours_are_drawn_per_segment_and_one_colour_draws_as_bef
 @pytest.mark.parametrize("bad,msg", [({"p_noise": 1.5}, "probability"), ({"snr_db": (30, 10)}, "low <= high"),
                                      ({"codecs": ("opus",)}, "codecs"), ({"level_dbfs": (-20, 3)}, "0 dBFS"),
                                      ({"speeds": (0.9, 3.0)}, "speeds"), ({"noise_colours": ("blue",)}, "noise_colours"),
-                                     ({"noise_colours": ()}, "noise_colours")])
+                                     ({"noise_colours": ()}, "noise_colours"), ({"p_eq": -0.1}, "probability"),
+                                     ({"eq_tilt_db": -1}, "eq_tilt_db"), ({"eq_peaks": 9}, "eq_peaks")])
 def test_augment_config_is_validated(bad, msg):
     with pytest.raises(ValueError, match=msg):
         AugmentConfig(enabled=True, **bad).validate()
@@ -133,3 +134,43 @@ def test_speed_perturbation_moves_tempo_and_pitch_by_the_factor(factor):
     assert peak_hz == pytest.approx(200.0 * factor, abs=2.0)  # 180 / 220 Hz: pitch moves with tempo
     np.testing.assert_allclose(np.sqrt(np.mean(y[400:-400] ** 2)), 0.3 / np.sqrt(2), rtol=0.02)  # level kept
     assert speed_perturb(x, 1.0) is x
+
+
+def test_microphone_response_is_the_tilt_plus_the_bumps_hand_computed():
+    f = np.array([500.0, 1000.0, 2000.0, 4000.0, 20.0])
+    np.testing.assert_allclose(channel.microphone_response_db(f, 2.0), [-2.0, 0.0, 2.0, 4.0, 2.0 * np.log2(0.05)])
+    # a +6 dB bump at 2 kHz, 1 octave wide: +6 at its centre, 6 * exp(-1/2) one octave away
+    db = channel.microphone_response_db(f[:4], 0.0, [(2000.0, 6.0, 1.0)])
+    np.testing.assert_allclose(db, [6 * np.exp(-2.0), 6 * np.exp(-0.5), 6.0, 6 * np.exp(-0.5)])
+
+
+@pytest.mark.parametrize("tilt,peaks", [(2.0, []), (-2.0, [(700.0, -6.0, 0.5)]), (1.0, [(2500.0, 6.0, 0.8)])])
+def test_microphone_filter_follows_its_response_and_keeps_timing(tilt, peaks):
+    for hz in (300.0, 800.0, 1500.0, 3000.0):
+        x = _tone(hz)
+        want = float(channel.microphone_response_db(np.array([hz]), tilt, peaks)[0])
+        assert abs(_gain_db(x, channel.microphone(x, SR, tilt, peaks)) - want) < 0.6, hz
+    # linear phase with its delay removed: a click stays where it was (labels stay aligned)
+    click = np.zeros(4000, dtype=np.float32)
+    click[2000] = 1.0
+    y = channel.microphone(click, SR, tilt, peaks)
+    assert y.shape == click.shape and y.dtype == np.float32 and int(np.argmax(np.abs(y))) == 2000
+    assert channel.microphone(np.zeros(0, np.float32), SR, tilt, peaks).size == 0
+
+
+def test_augment_microphone_colours_some_segments_and_off_draws_as_before(ravdess_dir):
+    """p_eq = 0 leaves the random stream as it was; p_eq = 1 tilts the spectrum both ways over seeds."""
+    x = load_audio(ravdess_dir / "audio" / "03-01-02-01-01-01-01.flac", SR)
+    base = dict(enabled=True, p_bandpass=0, p_codec=0, p_noise=0, p_reverb=0, level_dbfs=(-26, -26))
+    assert np.array_equal(augment(x, SR, AugmentConfig(**base), np.random.default_rng(5)),
+                          augment(x, SR, AugmentConfig(**base, p_eq=0.0, eq_tilt_db=5.0), np.random.default_rng(5)))
+
+    def tilt(y):
+        f, p = welch(y.astype(np.float64), SR, nperseg=1024)
+        return 10 * np.log10(p[(f > 2000) & (f < 3500)].mean() / p[(f > 200) & (f < 500)].mean())
+
+    ref = tilt(x)
+    coloured = [tilt(augment(x, SR, AugmentConfig(**base, p_eq=1.0, eq_peaks=0, eq_tilt_db=3.0), np.random.default_rng(s)))
+                for s in range(10)]
+    # +-3 dB/octave over the ~2.6 octaves between the two bands moves their ratio by up to ~8 dB
+    assert min(coloured) < ref - 2 and max(coloured) > ref + 2 and max(abs(c - ref) for c in coloured) < 9

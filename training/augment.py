@@ -50,10 +50,18 @@ class AugmentConfig:
     # factor, as between two speakers, and the labels are stretched with the audio
     # (:func:`cusemo_batch.training.data.batch_arrays`). Empty = off.
     speeds: tuple[float, ...] = ()
+    # Microphone / handset colouring (channel.microphone): with probability p_eq a segment gets a
+    # random spectral tilt (+-eq_tilt_db per octave around 1 kHz) and eq_peaks broad bumps of
+    # +-eq_peak_db, so the capsule's colour carries no emotion. 0 = off, and then no extra random
+    # draw: a recipe without it draws its batches exactly as before.
+    p_eq: float = 0.0
+    eq_tilt_db: float = 2.0
+    eq_peak_db: float = 6.0
+    eq_peaks: int = 2
 
     def validate(self) -> None:
         """Raise ValueError with a one-line reason on an unusable setting."""
-        for name in ("p_bandpass", "p_codec", "p_noise", "p_reverb"):
+        for name in ("p_bandpass", "p_codec", "p_noise", "p_reverb", "p_eq"):
             p = getattr(self, name)
             if not 0.0 <= p <= 1.0:
                 raise ValueError(f"{name} must be a probability in [0, 1], got {p}")
@@ -61,6 +69,9 @@ class AugmentConfig:
             lo_hi = getattr(self, name)
             if len(lo_hi) != 2 or lo_hi[0] > lo_hi[1]:
                 raise ValueError(f"{name} must be [low, high] with low <= high, got {list(lo_hi)}")
+        if self.eq_tilt_db < 0 or self.eq_peak_db < 0 or not 0 <= self.eq_peaks <= 8:
+            raise ValueError(f"eq_tilt_db and eq_peak_db must be >= 0 and eq_peaks in 0..8, got "
+                             f"{self.eq_tilt_db}, {self.eq_peak_db}, {self.eq_peaks}")
         if self.rt60_s[0] <= 0:
             raise ValueError("rt60_s must be positive")
         if self.level_dbfs[1] > 0:
@@ -90,6 +101,11 @@ def augment(x: np.ndarray, sample_rate: int, cfg: AugmentConfig, rng: np.random.
     y = np.asarray(x, dtype=np.float32)
     if draws[0] < cfg.p_reverb:
         y = channel.reverb(y, sample_rate, rt60, rng)
+    if cfg.p_eq > 0:  # the room, then the microphone, then the line
+        use_eq = rng.random() < cfg.p_eq
+        tilt, peaks = channel.random_microphone(rng, sample_rate, cfg.eq_tilt_db, cfg.eq_peak_db, cfg.eq_peaks)
+        if use_eq:
+            y = channel.microphone(y, sample_rate, tilt, peaks)
     if draws[1] < cfg.p_noise:
         colours = cfg.noise_colours
         colour = colours[int(rng.integers(len(colours)))] if len(colours) > 1 else colours[0]
