@@ -319,6 +319,9 @@ def test_augment_and_loss_sections_are_read_and_validated(tmp_path):
     assert cfg.model.frontend == "logmel" and cfg.model.hop == 250 and cfg.train.epochs == 45  # v10: 30, v17: 45
     assert cfg.augment.noise_colours == ("white", "pink") and cfg.train.patience == 8  # v14
     assert cfg.model.spec_freq_masks == 0 and cfg.augment.snr_db == (15.0, 35.0)  # v15
+    assert cfg.train.ema_decay == 0.99 and cfg.train.plateau_patience == 4  # v21
+    v17 = load_config("ravdess_v17")  # the recipe v21 replaced stays loadable, without the average
+    assert (v17.train.ema_decay, v17.train.plateau_patience, v17.train.epochs) == (0.0, 2, 45)
     v14 = load_config("ravdess_v14")  # the recipe v15 replaced stays loadable with its masking
     assert (v14.model.spec_freq_masks, v14.model.spec_freq_width, v14.model.spec_freq_fill) == (2, 6, "mean")
     assert cfg.loss.mse_weight == 0.1 and cfg.train.seeds == (42, 24, 12, 10, 100, 125)
