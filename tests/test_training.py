@@ -388,5 +388,5 @@ def test_ema_warms_up_and_the_checkpoint_holds_the_average(tiny_corpus, tmp_path
     plain = cfg.with_overrides(train={"ema_decay": 0.0})
     train_seed(prepare(tiny_corpus, plain), 0, tmp_path / "plain", log=lambda m: None)
     last = load_checkpoint(tmp_path / "plain" / "best.pt")[0]
-    diff = max(float((a - b).abs().max()) for a, b in zip(averaged.parameters(), last.parameters()))
+    diff = max(float((a - b).detach().abs().max()) for a, b in zip(averaged.parameters(), last.parameters()))
     assert diff > 1e-5  # the same three steps, stored as their average instead of the last weights
