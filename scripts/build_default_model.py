@@ -12,7 +12,10 @@ compare int8 with fp32 on the test calls -> training stability per seed (did the
 below half of its best after reaching it?) -> with --install, copy the model pair and checkpoint into
 cusemo_batch/models/ (the int8 pair) and write models/default.json (numbers that MODEL_CARD.md quotes).
 The cross-corpus numbers come from benchmarks/bench_transfer.py on build/default/{,int8/}*.onnx.
-Needs the `train` extra. Budget on 2 cores: see MODEL_CARD.md.
+With --refit-from RUN the training step is the final fit instead: RUN's seeds retrained on its
+train + dev calls for the epochs dev chose there, shipping the seed dev chose there (its stability
+record is RUN's: a refit has no dev curves). Needs the `train` extra. Budget on 2 cores: see
+MODEL_CARD.md.
 """
 
 from __future__ import annotations
@@ -63,6 +66,9 @@ def main() -> None:
     ap.add_argument("--work", type=Path, default=REPO / "build" / "default")
     ap.add_argument("--config", type=Path, default=REPO / "training" / "configs" / "ravdess_default.toml")
     ap.add_argument("--run", type=Path, help="use this finished training run instead of training")
+    ap.add_argument("--refit-from", type=Path,
+                    help="a finished run of the recipe: retrain its seeds on train + dev for the epochs dev "
+                         "chose there (train --refit-from) and ship the seed dev chose there")
     ap.add_argument("--version", default=time.strftime("%Y.%m.%d"), help="model version written in the metadata")
     ap.add_argument("--jobs", type=int, default=2, help="seeds trained at once (train --jobs)")
     ap.add_argument("--install", action="store_true", help="copy the result into cusemo_batch/models/")
@@ -74,10 +80,15 @@ def main() -> None:
     if a.run:
         corpus = Path(json.loads((run / "config.json").read_text())["corpus"])
     else:
-        if not (corpus / "context.csv").is_file():
+        if not a.refit_from and not (corpus / "context.csv").is_file():
             sh("corpus", "from-categorical", str(a.data / "manifest.csv"), "--out", str(corpus), "--seed", "0")
-        sh("train", str(corpus), "--out", str(run), "--config", str(a.config), "--jobs", str(a.jobs))
+        if a.refit_from:
+            corpus = Path(json.loads((a.refit_from / "config.json").read_text())["corpus"])
+            sh("train", str(corpus), "--out", str(run), "--refit-from", str(a.refit_from), "--jobs", str(a.jobs))
+        else:
+            sh("train", str(corpus), "--out", str(run), "--config", str(a.config), "--jobs", str(a.jobs))
     summary = json.loads((run / "summary.json").read_text())
+    refit_source = Path(summary["refit_from"]["source"]) if summary.get("refit_from") else None
     from cusemo_batch.training.checkpoint import load_checkpoint, save_checkpoint
 
     model, meta = load_checkpoint(run / f"seed_{summary['best_seed']}" / "best.pt")
@@ -128,7 +139,10 @@ def main() -> None:
         "corpus": {"source": "RAVDESS speech, 24 actors, bootstrapped pseudo-calls (seed 0)",
                    "calls": len(split), "split": {s: sum(1 for v in split.values() if v == s)
                                                    for s in ("train", "dev", "test")}},
-        "summary": summary, "best_seed": summary["best_seed"], "stability": stability(run, summary["seeds"]),
+        "summary": summary, "best_seed": summary["best_seed"],
+        # a refit has no dev curves: the source run's (same recipe, seeds and schedule) stand for it
+        "stability": stability(refit_source or run, summary["seeds"]),
+        "refit_from": summary.get("refit_from"),
         "checkpoint_meta": {
             k: meta[k] for k in ("dev_ccc", "test_ccc", "train_data", "epoch") if k in meta},
         "onnx_test_ccc": quant, "build_seconds": round(time.perf_counter() - t0),

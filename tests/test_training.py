@@ -390,3 +390,57 @@ def test_ema_warms_up_and_the_checkpoint_holds_the_average(tiny_corpus, tmp_path
     last = load_checkpoint(tmp_path / "plain" / "best.pt")[0]
     diff = max(float((a - b).detach().abs().max()) for a, b in zip(averaged.parameters(), last.parameters()))
     assert diff > 1e-5  # the same three steps, stored as their average instead of the last weights
+
+
+def test_refit_replays_dev_choices_on_train_plus_dev(tiny_corpus, tmp_path, tiny_train_config):
+    """``train --refit-from``: each seed retrains on train + dev for its dev-chosen epochs at the
+    rates it had there; test stays held out; the shipped seed is the source's; numbers do not
+    depend on --jobs; misuse is a one-line error."""
+    cfg = tiny_train_config(epochs=5, seeds=(5, 6))
+    cfg.write_text(cfg.read_text().replace("[model]", "[model]\nconv_norm = \"batch\"\nfrontend = \"logmel\"\n"
+                                           "n_fft = 256\nfrontend_stride = 50\nn_mels = 40\npool_sizes = [1, 5, 1]")
+                   .replace("[data]", "[data]\nnormalisation = \"speech_rms\"").replace("segment_s = 20", "segment_s = 5")
+                   .replace("lr = 1e-3", "lr = 3e-3") + "plateau_factor = 0.5\nplateau_patience = 1\n[loss]\nmse_weight = 0.1\n")
+    runner = CliRunner()
+    src = tmp_path / "src"
+    r = runner.invoke(main, ["train", str(tiny_corpus), "--out", str(src), "--config", str(cfg), "--threads", "1"])
+    assert r.exit_code == 0, r.output
+    source_split = json.loads((src / "split.json").read_text())
+    source_summary = json.loads((src / "summary.json").read_text())
+    dev = {c for c, s in source_split.items() if s == "dev"}
+    assert dev
+
+    par, seq = tmp_path / "refit_par", tmp_path / "refit_seq"
+    r = runner.invoke(main, ["train", str(tiny_corpus), "--out", str(par), "--refit-from", str(src), "--jobs", "2"])
+    assert r.exit_code == 0, r.output
+    assert "epochs as dev chose" in r.output
+    r = runner.invoke(main, ["train", str(tiny_corpus), "--out", str(seq), "--refit-from", str(src), "--threads", "1"])
+    assert r.exit_code == 0, r.output
+    split = json.loads((seq / "split.json").read_text())
+    assert {c for c, s in split.items() if s == "test"} == {c for c, s in source_split.items() if s == "test"}
+    assert all(split[c] == "train" for c in dev) and "dev" not in split.values()
+    summary = json.loads((seq / "summary.json").read_text())
+    assert summary["best_seed"] == source_summary["best_seed"] and summary["refit_from"]["source"] == str(src)
+    assert "dev_valence" not in summary and len(summary["test_arousal"]["values"]) == 2
+    for seed in (5, 6):
+        result = json.loads((src / f"seed_{seed}" / "result.json").read_text())
+        source_lrs = [json.loads(x)["lr"] for x in (src / f"seed_{seed}" / "metrics.jsonl").read_text().splitlines()]
+        lines = [json.loads(x) for x in (seq / f"seed_{seed}" / "metrics.jsonl").read_text().splitlines()]
+        kept = result["best_epoch"] or result["epochs_run"]  # all epochs when every dev epoch collapsed
+        assert [x["lr"] for x in lines] == source_lrs[:kept]
+        assert all("dev" not in x for x in lines)
+        refit = json.loads((seq / f"seed_{seed}" / "result.json").read_text())
+        assert refit["dev"] == {} and refit["best_epoch"] == kept
+        assert refit["test"]["arousal"] != result["test"]["arousal"]  # more data, other weights
+        assert json.loads((par / f"seed_{seed}" / "result.json").read_text())["test"] == refit["test"]
+        _, meta = load_checkpoint(seq / f"seed_{seed}" / "best.pt")
+        assert meta["refit_from"]["source"] == str(src) and meta["dev_ccc"] == {}
+        assert meta["epoch"] == kept
+
+    bad = [(["--config", str(cfg)], "replays its run's own config"),
+           (["--seeds", str(11 - source_summary["best_seed"])], "must be among the refit's seeds")]
+    for extra, message in bad:
+        r = runner.invoke(main, ["train", str(tiny_corpus), "--out", str(tmp_path / "bad"), "--refit-from", str(src), *extra])
+        assert r.exit_code != 0 and message in r.output, r.output
+    r = runner.invoke(main, ["train", str(tiny_corpus), "--out", str(tmp_path / "bad2"), "--refit-from", str(seq)])
+    assert r.exit_code != 0 and "is itself a refit" in r.output, r.output

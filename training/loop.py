@@ -9,6 +9,10 @@ interrupted multi-seed run resumes where it stopped)::
     RUN_DIR/seed_42/best.pt      best-dev checkpoint (with dev/test CCC in its metadata)
     RUN_DIR/seed_42/result.json  dev/test CCC of the best checkpoint
     RUN_DIR/summary.json         mean (sd) of test CCC over seeds
+
+A refit run (``run_training(refit_from=RUN)``, :mod:`.refit`) has the same layout: its split.json
+marks the source's dev calls ``train``, metrics.jsonl has no dev numbers, and best.pt is the
+weights after the last replayed epoch.
 """
 
 from __future__ import annotations
@@ -32,6 +36,7 @@ from .data import CallData, augment_calls, batch_arrays, data_hash, load_calls, 
 from .losses import bce_loss, ccc_loss, total_loss
 from .evaluation import Pooler, collapsed, evaluate_calls, summarise
 from .model import CRNN
+from .refit import read_refit_plan, refit_split
 
 Log = Callable[[str], None]
 
@@ -318,6 +323,46 @@ def train_seed(prep: Prepared, seed: int, out_dir: Path, log: Log = print,
     return _final_result(prep, seed, out_dir, dev_calls, test_idx, sched, len(lines))
 
 
+def refit_seed(prep: Prepared, seed: int, out_dir: Path, lrs: Sequence[float], log: Log = print,
+               progress: Callable[[int], None] = lambda n=1: None, threads: int | None = None,
+               refit: dict | None = None) -> dict:
+    """Train one seed on ``prep``'s training calls for ``len(lrs)`` epochs at those rates; keep the
+    last weights (the EMA when the recipe has one) and evaluate them on test.
+
+    The refit half of :mod:`.refit`: ``prep.split`` already counts the source's dev calls as
+    training calls, and nothing here looks at held-out data until the end. The seed's random
+    streams are set up as in :func:`train_seed`, so a refit is as deterministic as a run.
+    """
+    cfg = prep.cfg
+    out_dir.mkdir(parents=True, exist_ok=True)
+    torch.manual_seed(seed)
+    rng = np.random.default_rng(seed)
+    aug_rng = np.random.default_rng([seed, 1])
+    if threads or cfg.train.threads:
+        torch.set_num_threads(threads or cfg.train.threads)
+    sm = _SeedModel(cfg)
+    pool = Pooler(1 / cfg.model.frame_rate, cfg.data.label_rate_ms / 1000)
+    train_idx, test_idx = prep.indices("train"), prep.indices("test")
+    segments = make_segments(prep.calls, train_idx, cfg)
+    lines: list[str] = []
+    for epoch, lr in enumerate(lrs, 1):
+        t0 = time.perf_counter()
+        sm.lr = float(lr)  # the rate the source seed had in this epoch (its plateau schedule, replayed)
+        if cfg.data.segment_jitter:
+            segments = make_segments(prep.calls, train_idx, cfg, rng)
+        losses = _train_epoch(sm, prep, segments, train_idx, pool, rng, aug_rng, progress)
+        record = {"epoch": epoch, "train_loss": float(np.mean(losses)), "lr": sm.lr,
+                  "seconds": round(time.perf_counter() - t0, 2)}
+        lines.append(json.dumps(record))
+        atomic_write_text(out_dir / "metrics.jsonl", "\n".join(lines) + "\n")
+        log(f"seed {seed} refit epoch {epoch}/{len(lrs)}: loss {record['train_loss']:.4f}  lr {sm.lr:g}  "
+            f"({record['seconds']:.0f} s)")
+    meta = {**_checkpoint_meta(prep, seed), "epoch": len(lines), "dev_ccc": {}, "refit_from": refit or {}}
+    save_checkpoint(out_dir / "best.pt", sm.kept, meta)
+    sched = _Schedule(best_epoch=len(lines))
+    return _final_result(prep, seed, out_dir, [], test_idx, sched, len(lines))
+
+
 def _restart(sm: _SeedModel, sched: _Schedule, out_dir: Path) -> _SeedModel:
     """After a collapse: the best checkpoint so far (or fresh weights), a lower rate, a new optimiser."""
     cfg = sm.cfg
@@ -346,7 +391,7 @@ def _final_result(prep: Prepared, seed: int, out_dir: Path, dev_calls: list[Call
     cfg = prep.cfg
     best_model, best_meta = load_checkpoint(out_dir / "best.pt")
     test = evaluate_calls(best_model, [prep.calls[i] for i in test_idx], cfg) if test_idx else {}
-    dev = evaluate_calls(best_model, dev_calls, cfg)
+    dev = evaluate_calls(best_model, dev_calls, cfg) if dev_calls else {}
     best_meta.pop("checkpoint_sha256", None)
     save_checkpoint(out_dir / "best.pt", best_model, {**best_meta, "dev_ccc": _dims(dev), "test_ccc": _dims(test)})
     result = {"seed": seed, "best_epoch": sched.best_epoch, "epochs_run": epochs_run,
@@ -367,7 +412,7 @@ def _describe(prep: Prepared) -> str:
 
 
 def _seed_job(corpus_dir: str, cfg_dict: dict, calls: Sequence[str] | None, seed: int, seed_dir: str,
-              threads: int) -> dict:
+              threads: int, refit: dict | None = None) -> dict:
     """One seed in a worker process (``run_training(jobs > 1)``): decode, train, return result.json."""
     import os
     import threading
@@ -383,11 +428,16 @@ def _seed_job(corpus_dir: str, cfg_dict: dict, calls: Sequence[str] | None, seed
 
     threading.Thread(target=watchdog, daemon=True).start()
     prep = prepare(corpus_dir, from_dict(cfg_dict), calls)
-    return train_seed(prep, seed, Path(seed_dir), lambda msg: print(msg, flush=True), threads=threads)
+    log = lambda msg: print(msg, flush=True)  # noqa: E731
+    if refit is None:
+        return train_seed(prep, seed, Path(seed_dir), log, threads=threads)
+    prep.split = refit_split(prep.split)
+    return refit_seed(prep, seed, Path(seed_dir), refit["lrs"], log, threads=threads, refit=refit["plan"])
 
 
 def run_training(corpus_dir: str | Path, cfg: Config, out_dir: str | Path, log: Log = print,
-                 progress_factory=None, calls: Sequence[str] | None = None, jobs: int = 1) -> dict:
+                 progress_factory=None, calls: Sequence[str] | None = None, jobs: int = 1,
+                 refit_from: str | Path | None = None) -> dict:
     """Train every seed of ``cfg`` (skipping seeds already finished in ``out_dir``) and summarise.
 
     ``calls`` restricts training, dev and test to those call ids (``train --calls``); the data
@@ -396,18 +446,29 @@ def run_training(corpus_dir: str | Path, cfg: Config, out_dir: str | Path, log: 
     them: on 2 cores two one-thread seeds train faster than one two-thread seed after another
     (small LSTM batches do not scale over threads). A seed's numbers depend only on its thread
     count (float summation order), not on how many seeds run beside it.
+
+    ``refit_from`` names a finished run of the same config on the same calls: each seed is then
+    retrained on its train + dev calls for the epochs and rates dev chose there, and the seed to
+    ship is the one dev chose there (:mod:`.refit`; raises :class:`~.refit.RefitError`).
     """
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     t0 = time.perf_counter()
     prep = prepare(corpus_dir, cfg, calls)
+    plan = None
+    if refit_from is not None:
+        plan = read_refit_plan(refit_from, prep.cfg.to_dict(), prep.data_sha256, prep.split, prep.cfg.train.seeds)
+        prep.split = refit_split(prep.split)
     config_record = {"config": prep.cfg.to_dict(), "corpus": str(Path(corpus_dir).resolve()),
                      "data_sha256": prep.data_sha256,
                      "selected_calls": None if calls is None else len(prep.calls)}
+    if plan is not None:
+        config_record["refit_from"] = plan.to_dict()
     cfg_path = out_dir / "config.json"
     if cfg_path.is_file():
         previous = json.loads(cfg_path.read_text())
-        if previous.get("config") != config_record["config"] or previous.get("data_sha256") != prep.data_sha256:
+        if (previous.get("config") != config_record["config"] or previous.get("data_sha256") != prep.data_sha256
+                or previous.get("refit_from") != config_record.get("refit_from")):
             raise ValueError(f"{out_dir} holds a run with another config or corpus; use a new --out")
     atomic_write_text(cfg_path, json.dumps(config_record, indent=2))
     atomic_write_text(out_dir / "split.json", json.dumps(prep.split, indent=2, sort_keys=True))
@@ -425,7 +486,8 @@ def run_training(corpus_dir: str | Path, cfg: Config, out_dir: str | Path, log: 
         log(f"training seeds {todo} in {min(jobs, len(todo))} processes ({per} thread(s) each)")
         ctx = multiprocessing.get_context("spawn")  # no forked torch thread pools
         with ctx.Pool(min(jobs, len(todo))) as workers:
-            workers.starmap(_seed_job, [(str(corpus_dir), prep.cfg.to_dict(), calls, s, str(out_dir / f"seed_{s}"), per)
+            workers.starmap(_seed_job, [(str(corpus_dir), prep.cfg.to_dict(), calls, s, str(out_dir / f"seed_{s}"), per,
+                                         None if plan is None else {"lrs": plan.lrs[s], "plan": plan.to_dict()})
                                         for s in todo])
     for seed in prep.cfg.train.seeds:
         seed_dir = out_dir / f"seed_{seed}"
@@ -435,14 +497,23 @@ def run_training(corpus_dir: str | Path, cfg: Config, out_dir: str | Path, log: 
                 log(f"seed {seed}: already finished, skipped")
             results.append(json.loads(done.read_text()))
             continue
+        def one(advance: Callable[[int], None] = lambda n=1: None) -> dict:
+            if plan is None:
+                return train_seed(prep, seed, seed_dir, log, advance)
+            return refit_seed(prep, seed, seed_dir, plan.lrs[seed], log, advance, refit=plan.to_dict())
+
         if progress_factory is None:
-            results.append(train_seed(prep, seed, seed_dir, log))
+            results.append(one())
         else:
             with progress_factory(f"seed {seed}") as advance:
-                results.append(train_seed(prep, seed, seed_dir, log, advance))
+                results.append(one(advance))
     summary = summarise(results)
     summary["wall_s"] = round(time.perf_counter() - t0, 1)
-    summary["best_seed"] = max(results, key=lambda r: _select(r["dev"], prep.cfg.train.select_on))["seed"]
+    if plan is None:
+        summary["best_seed"] = max(results, key=lambda r: _select(r["dev"], prep.cfg.train.select_on))["seed"]
+    else:  # nothing is chosen in a refit: the seed dev chose in the source run
+        summary["best_seed"] = plan.best_seed
+        summary["refit_from"] = plan.to_dict()
     atomic_write_text(out_dir / "summary.json", json.dumps(summary, indent=2))
     return summary
 

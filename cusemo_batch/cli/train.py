@@ -45,20 +45,28 @@ def _parse_seeds(text: str | None) -> tuple[int, ...] | None:
 @click.option("--calls", "calls_file", type=click.Path(exists=True, dir_okay=False, path_type=Path),
               help="Train on these calls only: a CSV/Parquet with a call_id column (e.g. the "
                    "selected.csv of `prepare select`, the paper's ICC > 0.7 rule) or one id per line.")
+@click.option("--refit-from", "refit_from", type=click.Path(exists=True, file_okay=False, path_type=Path),
+              help="A finished run of this corpus: retrain its seeds on train + dev for the epochs and "
+                   "learning rates dev chose there (its config; test stays held out).")
 def train(corpus: Path, out: Path, config_path: Path | None, epochs: int | None, seeds: str | None,
           batch_size: int | None, lr: float | None, threads: int | None, jobs: int,
-          calls_file: Path | None) -> None:
+          calls_file: Path | None, refit_from: Path | None) -> None:
     """Train the CusEmo CRNN on a CORPUS in the CusEmo layout (one run per seed).
 
     Splits are by speaker when context.csv has a `speaker` column, else by call. Prints the test
     CCC of the best-dev checkpoint per seed and its mean (sd) over seeds.
+
+    With --refit-from RUN, the final fit once dev has chosen: every seed of RUN retrains on RUN's
+    train + dev calls for exactly its dev-chosen epochs, and the seed dev chose there is the one
+    to export (docs/training.md).
     """
     require_torch()
-    _train(corpus, out, config_path, epochs, seeds, batch_size, lr, threads, calls_file, jobs)
+    _train(corpus, out, config_path, epochs, seeds, batch_size, lr, threads, calls_file, jobs, refit_from)
 
 
-def _train(corpus, out, config_path, epochs, seeds, batch_size, lr, threads, calls_file=None, jobs=1) -> None:
-    from cusemo_batch.training.config import load_config
+def _train(corpus, out, config_path, epochs, seeds, batch_size, lr, threads, calls_file=None, jobs=1,
+           refit_from=None) -> None:
+    from cusemo_batch.training.config import from_dict, load_config
     from cusemo_batch.training.loop import read_call_list, run_training
 
     @user_errors(*_training_errors())
@@ -66,17 +74,29 @@ def _train(corpus, out, config_path, epochs, seeds, batch_size, lr, threads, cal
         calls = read_call_list(calls_file) if calls_file is not None else None
         if calls is not None:
             console.print(f"call list {calls_file}: {len(calls)} call(s)")
-        cfg = load_config(config_path)
+        if refit_from is not None:
+            if config_path is not None or epochs is not None or batch_size is not None or lr is not None:
+                raise ValueError("--refit-from replays its run's own config: drop --config, --epochs, "
+                                 "--batch-size and --lr")
+            try:
+                cfg = from_dict(json.loads((refit_from / "config.json").read_text())["config"])
+            except (OSError, ValueError, KeyError):
+                raise ValueError(f"{refit_from}: not a training run (no readable config.json)") from None
+        else:
+            cfg = load_config(config_path)
         over = {k: v for k, v in {"epochs": epochs, "seeds": _parse_seeds(seeds), "batch_size": batch_size,
                                   "lr": lr, "threads": threads}.items() if v is not None}
         if over:
             cfg = cfg.with_overrides(train=over)
-        console.print(f"config {cfg.name}: {cfg.train.epochs} epochs, seeds {list(cfg.train.seeds)}, "
+        if refit_from is not None:
+            console.print(f"refit of {refit_from}: its train + dev calls, each seed for its dev-chosen epochs")
+        length = "epochs as dev chose" if refit_from is not None else f"{cfg.train.epochs} epochs"
+        console.print(f"config {cfg.name}: {length}, seeds {list(cfg.train.seeds)}, "
                       f"label rate {cfg.data.label_rate_ms:g} ms, segments {cfg.data.segment_s:g} s, "
                       f"batch {cfg.train.batch_size}, alpha {cfg.loss.alpha:g}, beta {cfg.loss.beta:g}")
         summary = run_training(corpus, cfg, out, log=console.print,
                                progress_factory=(lambda d: progress(d, None)) if console.is_terminal else None,
-                               calls=calls, jobs=jobs)
+                               calls=calls, jobs=jobs, refit_from=refit_from)
         _print_summary(summary)
         console.print(f"run directory: {out}  (best seed {summary['best_seed']}: "
                       f"{out / ('seed_' + str(summary['best_seed'])) / 'best.pt'})")
