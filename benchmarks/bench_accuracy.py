@@ -207,8 +207,14 @@ class FittedRidge:
         return self.reg.predict(self.scaler.transform(X))
 
 
-def fit_egemaps_ridge(args, calls: list[CallRec], windows, bin_s: float) -> tuple[dict[str, FittedRidge], dict]:
-    """Fit scaler + ridge on train, pick (delay, alpha) per dimension on dev (never on test)."""
+def fit_egemaps_ridge(args, calls: list[CallRec], windows, bin_s: float,
+                      fit_on: list[CallRec] | None = None) -> tuple[dict[str, FittedRidge], dict]:
+    """Fit scaler + ridge on train, pick (delay, alpha) per dimension on dev (never on test).
+
+    ``fit_on``: the records the chosen (delay, alpha) is finally fitted on (default: train) -- the
+    train + dev of a *final fit*, when the CRNN it is compared with was refitted on them
+    (``train --refit-from``); the choice itself is still made on train -> dev.
+    """
     from sklearn.linear_model import Ridge
     from sklearn.preprocessing import StandardScaler
 
@@ -216,9 +222,10 @@ def fit_egemaps_ridge(args, calls: list[CallRec], windows, bin_s: float) -> tupl
     delays = list(range(0, int(round(args.max_delay_s / bin_s)) + 1))
     by = {s: [c for c in calls if c.split == s] for s in SPLITS}
 
-    def xy(split: str, delay: int):
-        X = np.concatenate([lib.features_for_bins(windows[c.call_id], c.n, bin_s, delay) for c in by[split]])
-        Y = np.stack([np.concatenate([c.gold[d] for c in by[split]]) for d in DIMS], axis=1)
+    def xy(split: str | list[CallRec], delay: int):
+        recs = by[split] if isinstance(split, str) else split
+        X = np.concatenate([lib.features_for_bins(windows[c.call_id], c.n, bin_s, delay) for c in recs])
+        Y = np.stack([np.concatenate([c.gold[d] for c in recs]) for d in DIMS], axis=1)
         return X, Y
 
     import warnings
@@ -247,7 +254,7 @@ def fit_egemaps_ridge(args, calls: list[CallRec], windows, bin_s: float) -> tupl
     fitted, chosen = {}, {}
     for k, d in enumerate(DIMS):
         cc, delay, alpha = best[d]
-        Xtr, Ytr = xy("train", delay)
+        Xtr, Ytr = xy("train" if fit_on is None else fit_on, delay)
         sc = StandardScaler().fit(Xtr)
         fitted[d] = FittedRidge(sc, Ridge(alpha=alpha).fit(sc.transform(Xtr), Ytr[:, k]), delay)
         chosen[d] = {"alpha": alpha, "delay_s": delay * bin_s, "dev_ccc": cc}
@@ -255,7 +262,8 @@ def fit_egemaps_ridge(args, calls: list[CallRec], windows, bin_s: float) -> tupl
     info = {"features": f"eGeMAPSv02 functionals ({n_feat}), openSMILE, {args.window_s:g} s windows centred on "
                         f"each {bin_s:g} s bin, fixed frame mode, one pass per call",
             "n_features": n_feat, "chosen": chosen, "grid": grid,
-            "train_bins": int(sum(c.n for c in by["train"]))}
+            "train_bins": int(sum(c.n for c in (by["train"] if fit_on is None else fit_on))),
+            "final_fit": fit_on is not None}
     return fitted, info
 
 

@@ -109,6 +109,9 @@ def _args(argv=None) -> argparse.Namespace:
     c.add_argument("--baved-level-dbfs", type=float, default=-26.0, help="BAVED fixed-level row")
     c.add_argument("--same-data-lines", type=int, default=3,
                    help="random lines per TRAIN call for the same-data eGEMAPS baseline (0 = leave it out)")
+    c.add_argument("--final-fit", action="store_true",
+                   help="the CRNN is a final fit on train + dev (train --refit-from; --run = its source run): "
+                        "fit both eGEMAPS baselines on train + dev too, once dev has chosen their settings")
     bench_args.add_method_args(p, "method (as bench_accuracy.py)")
     bench_args.add_resource_args(p, RESULTS / "transfer.md", RESULTS / "transfer.json")
     return bench_args.parse_with_split(p, argv)
@@ -380,7 +383,8 @@ def markdown(res: dict) -> str:
     lines += [f"- corpus `{res['corpus']['path']}`, data sha256 `{res['corpus']['data_sha256'][:16]}…`; split "
               f"({s['source']}): " + ", ".join(f"{n} {s[n]['calls']} calls / {s[n]['speakers']} speakers"
                                                 for n in acc.SPLITS),
-              "- eGEMAPS + ridge: fitted on clean TRAIN, chosen on clean DEV: " + "; ".join(
+              "- eGEMAPS + ridge: fitted on clean " + ("TRAIN + DEV (final fit)" if res["egemaps"].get("final_fit")
+                                                       else "TRAIN") + ", chosen on clean DEV: " + "; ".join(
                   f"{d} alpha {eg[d]['alpha']:g}, delay {eg[d]['delay_s']:g} s" for d in DIMS)
               + "; features re-extracted per condition"]
     if res.get("egemaps_same"):
@@ -545,8 +549,10 @@ def main(args: argparse.Namespace) -> dict:
     t = time.perf_counter()
     log(f"eGEMAPS features ({args.window_s:g} s windows) for {len(setup.calls)} clean calls …")
     clean_windows = acc.egemaps_windows(args, setup.calls, sr, bin_s)
-    fitted, eg_info = acc.fit_egemaps_ridge(args, setup.calls, clean_windows, bin_s)
-    same = sdb.fit(args, setup, ref.normalisation, sr, bin_s, log) if args.same_data_lines > 0 else None
+    final = setup.by["train"] + setup.by["dev"] if args.final_fit else None
+    fitted, eg_info = acc.fit_egemaps_ridge(args, setup.calls, clean_windows, bin_s, final)
+    same = (sdb.fit(args, setup, ref.normalisation, sr, bin_s, log, args.final_fit)
+            if args.same_data_lines > 0 else None)
     timings["egemaps_fit"] = time.perf_counter() - t
 
     conds = make_conditions(args)

@@ -95,30 +95,40 @@ def training_copies(calls: list, aug: AugmentConfig | None, lines: int, seed: in
             yield _renamed(c, f"{c.call_id}#line{k}", speed), prepare(speed_perturb(x, speed))
 
 
-def fit(args, setup, normalisation: str, sample_rate: int, bin_s: float, log: Callable[[str], None]) -> SameDataBaseline:
-    """Extract (cached) and fit: TRAIN through the run's random lines, DEV clean; both normalised."""
+def fit(args, setup, normalisation: str, sample_rate: int, bin_s: float, log: Callable[[str], None],
+        final_fit: bool = False) -> SameDataBaseline:
+    """Extract (cached) and fit: TRAIN through the run's random lines, DEV clean; both normalised.
+
+    ``final_fit``: once (alpha, delay) is chosen on DEV, fit on the random lines of TRAIN *and*
+    DEV calls -- what a CRNN refitted on train + dev (``train --refit-from``) learnt from.
+    """
     prepare = functools.partial(normalise, method=normalisation, sample_rate=sample_rate)
     aug = run_augment_config(setup.run_cfg)
     cache = Path(args.cache) if args.cache else None
-    n_train = len(setup.by["train"]) * (args.same_data_lines if aug else 1)
+    fit_calls = setup.by["train"] + (setup.by["dev"] if final_fit else [])
+    n_train = len(fit_calls) * (args.same_data_lines if aug else 1)
     log(f"eGEMAPS (same data): {n_train} training copies "
         f"({'random lines of the run' if aug else 'clean: the run trained without [augment]'}), "
         f"{len(setup.by['dev'])} dev calls, normalisation {normalisation} …")
     dev = ((_renamed(c, f"{c.call_id}#norm"), prepare(c.x)) for c in setup.by["dev"])
     records, windows = [], {}
     for i, (rec, x) in enumerate(itertools.chain(
-            training_copies(setup.by["train"], aug, args.same_data_lines, args.channel_seed, sample_rate, prepare),
+            training_copies(fit_calls, aug, args.same_data_lines, args.channel_seed, sample_rate, prepare),
             dev), 1):
         records.append(rec)
         windows[rec.call_id] = lib.cached_windows_of_array(rec.call_id, x, sample_rate, args.window_s, bin_s, cache)
         if i % 50 == 0:
             log(f"  eGEMAPS (same data) {i}/{n_train + len(setup.by['dev'])}")
-    fitted, info = acc.fit_egemaps_ridge(args, records, windows, bin_s)
+    # the copies of DEV calls keep split "dev" but a "#line" id: only the clean "#norm" ones choose
+    choose = [r for r in records if r.split != "dev" or r.call_id.endswith("#norm")]
+    fit_on = [r for r in records if not r.call_id.endswith("#norm")] if final_fit else None
+    fitted, info = acc.fit_egemaps_ridge(args, choose, windows, bin_s, fit_on)
     info = {**{k: v for k, v in info.items() if k != "grid"},
-            "training_audio": (f"{args.same_data_lines} random line(s) per TRAIN call, the run's [augment]"
+            "training_audio": (f"{args.same_data_lines} random line(s) per {'TRAIN + DEV' if final_fit else 'TRAIN'} "
+                               "call, the run's [augment]"
                                f"{f' with speeds {list(aug.speeds)}' if aug and aug.speeds else ''} "
                                f"(seed [{args.channel_seed}, crc32(call_id), copy])" if aug else
-                               "clean TRAIN calls (the run trained without [augment])")
+                               f"clean {'TRAIN + DEV' if final_fit else 'TRAIN'} calls (the run trained without [augment])")
             + f", then normalisation {normalisation}; DEV clean, normalised",
             "augment": None if aug is None else {k: getattr(aug, k) for k in aug.__dataclass_fields__}}
     return SameDataBaseline(fitted, info, prepare)

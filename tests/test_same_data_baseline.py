@@ -90,3 +90,37 @@ def test_a_run_with_speeds_plays_each_copy_at_one_of_them_with_its_gold_stretche
         np.testing.assert_allclose(rec.gold["arousal"], stretch_labels(calls[0].gold["arousal"], 0, rec.n, f))
         assert abs(active_level_db(x, SR) - (-26.0)) < 0.5
     assert seen == {0.8, 1.25} and calls[0].n == 24  # both speeds drawn; the originals untouched
+
+
+def test_final_fit_chooses_on_dev_then_fits_train_plus_dev():
+    """``fit_on`` (bench_transfer --final-fit): (delay, alpha) are chosen on train -> dev exactly as
+    without it; only the last fit sees train + dev -- the same ridge sklearn fits on those rows."""
+    from sklearn.linear_model import Ridge
+    from sklearn.preprocessing import StandardScaler
+
+    import accuracy_lib as lib
+    import bench_accuracy as acc
+
+    rng = np.random.default_rng(0)
+    bin_s, windows, recs = 0.5, {}, []
+    for i, split in enumerate(["train"] * 4 + ["dev"] * 2):
+        n = 40
+        gold = {"valence": np.tanh(rng.normal(size=n)), "arousal": np.tanh(rng.normal(size=n))}
+        feats = np.stack([gold["valence"], gold["arousal"]], 1) + 0.5 * rng.normal(size=(n, 2))
+        feats = np.concatenate([feats, rng.normal(size=(n, 3))], 1).astype(np.float32)
+        start = np.arange(n) * bin_s - 1.75  # 4 s windows centred on each 0.5 s bin
+        windows[f"c{i}"] = lib.WindowFeatures(feats, start, start + 4.0, [f"f{j}" for j in range(5)], 4.0)
+        recs.append(SimpleNamespace(call_id=f"c{i}", split=split, n=n, gold=gold))
+    args = SimpleNamespace(alphas="0.1,10,1000", max_delay_s=1.0, window_s=4.0)
+    plain, info = acc.fit_egemaps_ridge(args, recs, windows, bin_s)
+    final, final_info = acc.fit_egemaps_ridge(args, recs, windows, bin_s, fit_on=recs)
+    assert final_info["chosen"] == info["chosen"] and final_info["final_fit"] and not info["final_fit"]
+    assert final_info["train_bins"] == 240 and info["train_bins"] == 160
+    for k, d in enumerate(acc.DIMS):
+        delay = int(round(info["chosen"][d]["delay_s"] / bin_s))
+        X = np.concatenate([lib.features_for_bins(windows[r.call_id], r.n, bin_s, delay) for r in recs])
+        y = np.concatenate([r.gold[d] for r in recs])
+        sc = StandardScaler().fit(X)
+        ref = Ridge(alpha=info["chosen"][d]["alpha"]).fit(sc.transform(X), y)
+        np.testing.assert_allclose(final[d].reg.coef_, ref.coef_, rtol=1e-6, atol=1e-9)
+        assert not np.allclose(plain[d].reg.coef_, ref.coef_)  # without fit_on: train rows only
