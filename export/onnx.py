@@ -176,6 +176,8 @@ def build_metadata(
         "train_data": j(meta.get("train_data")),
         "dev_ccc": j(meta.get("dev_ccc")),
         "test_ccc": j(meta.get("test_ccc")),
+        # a final fit (train --refit-from) trained on its source's dev calls: no dev numbers of its own
+        **({"refit_from": j(meta["refit_from"])} if meta.get("refit_from") else {}),
         "model_config": j(config.to_dict()),
         "torch_version": torch.__version__,
         "onnx_version": _onnx().__version__,

@@ -436,6 +436,14 @@ def test_refit_replays_dev_choices_on_train_plus_dev(tiny_corpus, tmp_path, tiny
         _, meta = load_checkpoint(seq / f"seed_{seed}" / "best.pt")
         assert meta["refit_from"]["source"] == str(src) and meta["dev_ccc"] == {}
         assert meta["epoch"] == kept
+    from cusemo_batch.export.onnx import export_checkpoint
+    from cusemo_batch.model import Model
+
+    export_checkpoint(seq / "seed_5" / "best.pt", tmp_path / "refit.onnx", check=False)
+    shown = Model(tmp_path / "refit.onnx", device="cpu").metadata
+    n_test = sum(1 for s in split.values() if s == "test")
+    assert shown["refit_from"]["best_seed"] == source_summary["best_seed"]
+    assert shown["train_data"]["description"].endswith(f"{len(split) - n_test}/0/{n_test} calls by auto")
 
     bad = [(["--config", str(cfg)], "replays its run's own config"),
            (["--seeds", str(11 - source_summary["best_seed"])], "must be among the refit's seeds")]
