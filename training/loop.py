@@ -262,13 +262,10 @@ def _train_epoch(sm: _SeedModel, prep: Prepared, segments: list, train_idx: list
     return losses
 
 
-def train_seed(prep: Prepared, seed: int, out_dir: Path, log: Log = print,
-               progress: Callable[[int], None] = lambda n=1: None, threads: int | None = None) -> dict:
-    """Train one seed; keep the best-dev checkpoint; evaluate it on test. Returns result.json.
-
-    ``threads`` overrides ``[train] threads`` (parallel seeds share the cores; the numbers do not
-    depend on it beyond float rounding).
-    """
+def _seed_setup(prep: Prepared, seed: int, out_dir: Path, threads: int | None
+                ) -> tuple[np.random.Generator, np.random.Generator, _SeedModel, Pooler]:
+    """What one seed starts from, in a fixed order (torch seed, then the initial weights): the
+    batch/cut rng, the augmentation rng, the model and optimiser, the label pooler."""
     cfg = prep.cfg
     out_dir.mkdir(parents=True, exist_ok=True)
     torch.manual_seed(seed)
@@ -280,6 +277,18 @@ def train_seed(prep: Prepared, seed: int, out_dir: Path, log: Log = print,
         torch.set_num_threads(threads or cfg.train.threads)
     sm = _SeedModel(cfg)
     pool = Pooler(1 / cfg.model.frame_rate, cfg.data.label_rate_ms / 1000)
+    return rng, aug_rng, sm, pool
+
+
+def train_seed(prep: Prepared, seed: int, out_dir: Path, log: Log = print,
+               progress: Callable[[int], None] = lambda n=1: None, threads: int | None = None) -> dict:
+    """Train one seed; keep the best-dev checkpoint; evaluate it on test. Returns result.json.
+
+    ``threads`` overrides ``[train] threads`` (parallel seeds share the cores; the numbers do not
+    depend on it beyond float rounding).
+    """
+    cfg = prep.cfg
+    rng, aug_rng, sm, pool = _seed_setup(prep, seed, out_dir, threads)
     train_idx, dev_idx, test_idx = prep.indices("train"), prep.indices("dev"), prep.indices("test")
     if not train_idx:
         raise ValueError("the training split is empty (too few calls or speakers for the split fractions)")
@@ -334,14 +343,7 @@ def refit_seed(prep: Prepared, seed: int, out_dir: Path, lrs: Sequence[float], l
     streams are set up as in :func:`train_seed`, so a refit is as deterministic as a run.
     """
     cfg = prep.cfg
-    out_dir.mkdir(parents=True, exist_ok=True)
-    torch.manual_seed(seed)
-    rng = np.random.default_rng(seed)
-    aug_rng = np.random.default_rng([seed, 1])
-    if threads or cfg.train.threads:
-        torch.set_num_threads(threads or cfg.train.threads)
-    sm = _SeedModel(cfg)
-    pool = Pooler(1 / cfg.model.frame_rate, cfg.data.label_rate_ms / 1000)
+    rng, aug_rng, sm, pool = _seed_setup(prep, seed, out_dir, threads)
     train_idx, test_idx = prep.indices("train"), prep.indices("test")
     segments = make_segments(prep.calls, train_idx, cfg)
     lines: list[str] = []
