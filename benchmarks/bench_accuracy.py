@@ -222,8 +222,9 @@ def fit_egemaps_ridge(args, calls: list[CallRec], windows, bin_s: float,
     delays = list(range(0, int(round(args.max_delay_s / bin_s)) + 1))
     by = {s: [c for c in calls if c.split == s] for s in SPLITS}
 
-    def xy(split: str | list[CallRec], delay: int):
-        recs = by[split] if isinstance(split, str) else split
+    final_fit, fit_on = fit_on is not None, by["train"] if fit_on is None else fit_on
+
+    def xy(recs: list[CallRec], delay: int):
         X = np.concatenate([lib.features_for_bins(windows[c.call_id], c.n, bin_s, delay) for c in recs])
         Y = np.stack([np.concatenate([c.gold[d] for c in recs]) for d in DIMS], axis=1)
         return X, Y
@@ -236,8 +237,8 @@ def fit_egemaps_ridge(args, calls: list[CallRec], windows, bin_s: float,
     grid = []
     best = {d: (-math.inf, None, None) for d in DIMS}
     for delay in delays:
-        Xtr, Ytr = xy("train", delay)
-        Xdv, _ = xy("dev", delay)
+        Xtr, Ytr = xy(by["train"], delay)
+        Xdv, _ = xy(by["dev"], delay)
         sc = StandardScaler().fit(Xtr)
         Xtr, Xdv = sc.transform(Xtr), sc.transform(Xdv)
         for alpha in alphas:
@@ -254,7 +255,7 @@ def fit_egemaps_ridge(args, calls: list[CallRec], windows, bin_s: float,
     fitted, chosen = {}, {}
     for k, d in enumerate(DIMS):
         cc, delay, alpha = best[d]
-        Xtr, Ytr = xy("train" if fit_on is None else fit_on, delay)
+        Xtr, Ytr = xy(fit_on, delay)
         sc = StandardScaler().fit(Xtr)
         fitted[d] = FittedRidge(sc, Ridge(alpha=alpha).fit(sc.transform(Xtr), Ytr[:, k]), delay)
         chosen[d] = {"alpha": alpha, "delay_s": delay * bin_s, "dev_ccc": cc}
@@ -262,8 +263,8 @@ def fit_egemaps_ridge(args, calls: list[CallRec], windows, bin_s: float,
     info = {"features": f"eGeMAPSv02 functionals ({n_feat}), openSMILE, {args.window_s:g} s windows centred on "
                         f"each {bin_s:g} s bin, fixed frame mode, one pass per call",
             "n_features": n_feat, "chosen": chosen, "grid": grid,
-            "train_bins": int(sum(c.n for c in (by["train"] if fit_on is None else fit_on))),
-            "final_fit": fit_on is not None}
+            "train_bins": int(sum(c.n for c in fit_on)),
+            "final_fit": final_fit}
     return fitted, info
 
 

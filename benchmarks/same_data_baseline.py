@@ -111,18 +111,17 @@ def fit(args, setup, normalisation: str, sample_rate: int, bin_s: float, log: Ca
         f"({'random lines of the run' if aug else 'clean: the run trained without [augment]'}), "
         f"{len(setup.by['dev'])} dev calls, normalisation {normalisation} …")
     dev = ((_renamed(c, f"{c.call_id}#norm"), prepare(c.x)) for c in setup.by["dev"])
-    records, windows = [], {}
+    copies, clean_dev, windows = [], [], {}
     for i, (rec, x) in enumerate(itertools.chain(
             training_copies(fit_calls, aug, args.same_data_lines, args.channel_seed, sample_rate, prepare),
             dev), 1):
-        records.append(rec)
+        (copies if i <= n_train else clean_dev).append(rec)
         windows[rec.call_id] = lib.cached_windows_of_array(rec.call_id, x, sample_rate, args.window_s, bin_s, cache)
         if i % 50 == 0:
             log(f"  eGEMAPS (same data) {i}/{n_train + len(setup.by['dev'])}")
-    # the copies of DEV calls keep split "dev" but a "#line" id: only the clean "#norm" ones choose
-    choose = [r for r in records if r.split != "dev" or r.call_id.endswith("#norm")]
-    fit_on = [r for r in records if not r.call_id.endswith("#norm")] if final_fit else None
-    fitted, info = acc.fit_egemaps_ridge(args, choose, windows, bin_s, fit_on)
+    # chosen on TRAIN copies -> clean DEV; a final fit then learns from every copy, DEV calls' too
+    choose = [r for r in copies if r.split == "train"] + clean_dev
+    fitted, info = acc.fit_egemaps_ridge(args, choose, windows, bin_s, copies if final_fit else None)
     info = {**{k: v for k, v in info.items() if k != "grid"},
             "training_audio": (f"{args.same_data_lines} random line(s) per {'TRAIN + DEV' if final_fit else 'TRAIN'} "
                                "call, the run's [augment]"

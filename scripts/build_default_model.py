@@ -79,14 +79,13 @@ def main() -> None:
     corpus, run = a.work / "corpus", a.run or a.work / "run"
     if a.run:
         corpus = Path(json.loads((run / "config.json").read_text())["corpus"])
+    elif a.refit_from:  # the source run's corpus, so its split (and test calls) carry over
+        corpus = Path(json.loads((a.refit_from / "config.json").read_text())["corpus"])
+        sh("train", str(corpus), "--out", str(run), "--refit-from", str(a.refit_from), "--jobs", str(a.jobs))
     else:
-        if not a.refit_from and not (corpus / "context.csv").is_file():
+        if not (corpus / "context.csv").is_file():
             sh("corpus", "from-categorical", str(a.data / "manifest.csv"), "--out", str(corpus), "--seed", "0")
-        if a.refit_from:
-            corpus = Path(json.loads((a.refit_from / "config.json").read_text())["corpus"])
-            sh("train", str(corpus), "--out", str(run), "--refit-from", str(a.refit_from), "--jobs", str(a.jobs))
-        else:
-            sh("train", str(corpus), "--out", str(run), "--config", str(a.config), "--jobs", str(a.jobs))
+        sh("train", str(corpus), "--out", str(run), "--config", str(a.config), "--jobs", str(a.jobs))
     summary = json.loads((run / "summary.json").read_text())
     refit_source = Path(summary["refit_from"]["source"]) if summary.get("refit_from") else None
     from cusemo_batch.training.checkpoint import load_checkpoint, save_checkpoint

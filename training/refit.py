@@ -31,11 +31,11 @@ class RefitPlan:
     source: Path
     lrs: dict[int, tuple[float, ...]]  # per seed: the learning rate of each epoch up to the dev-chosen one
     best_seed: int  # the seed dev chose in the source run: the one a refit ships
-    dev_calls: tuple[str, ...]  # source dev calls, trained on in the refit
+    dev_calls: int  # how many source dev calls the refit trains on
 
     def to_dict(self) -> dict:
         return {"source": str(self.source), "best_seed": self.best_seed,
-                "epochs": {str(s): len(v) for s, v in self.lrs.items()}, "dev_calls": len(self.dev_calls)}
+                "epochs": {str(s): len(v) for s, v in self.lrs.items()}, "dev_calls": self.dev_calls}
 
 
 def read_refit_plan(source: str | Path, config: dict, data_sha256: str, split: dict[str, str],
@@ -78,7 +78,7 @@ def read_refit_plan(source: str | Path, config: dict, data_sha256: str, split: d
         if result.get("collapse_restarts"):
             raise RefitError(f"{source}: seed {seed} was restarted after a collapse; its schedule cannot be replayed")
         lrs[seed] = tuple(float(e["lr"]) for e in epochs[:best])
-    dev = tuple(sorted(c for c, s in split.items() if s == "dev"))
+    dev = sum(1 for s in split.values() if s == "dev")
     if not dev:
         raise RefitError(f"{source}: has no dev calls, so there is nothing to refit on")
     return RefitPlan(source, lrs, best_seed, dev)
@@ -89,10 +89,8 @@ def _recipe(config: dict | None) -> dict | None:
     refitted) and the thread count (it moves numbers by float rounding only)."""
     if config is None:
         return None
-    out = json.loads(json.dumps(config))
-    for key in ("seeds", "threads"):
-        out.get("train", {}).pop(key, None)
-    return out
+    train = {k: v for k, v in config.get("train", {}).items() if k not in ("seeds", "threads")}
+    return {**config, "train": train}
 
 
 def refit_split(split: dict[str, str]) -> dict[str, str]:
