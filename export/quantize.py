@@ -40,6 +40,17 @@ Two layers of quantization:
   8.4-9.4 -> 6.1 ms (second conv 2.6 -> 0.8 ms, third 1.3 -> 0.25 ms); 60 short calls end to end
   4.8 -> 3.8 s.
 
+  On the log-mel CRNN (the default model since v10: a fixed DFT/mel front end, then conv blocks on
+  a 100 Hz feature grid) they no longer pay. Measured 2026-12-04 on v21's checkpoint, int8 in the
+  scorer's 3 s chunks vs its fp32 export, 3 demo + 18 RAVDESS test calls: dynamic-only int8 RMS
+  0.0030, largest frame error 0.039; with row-scaled convs RMS 0.0054 and largest 0.086 (0.06-0.12
+  depending on which calls calibrate). Removing only the input quantization (Q/DQ of ``x - d``)
+  brought it to 0.0039 / 0.051, removing only the output one changed nothing, and a per-row
+  asymmetric input range (min..max instead of +-max) did not help (0.0059 / 0.105): the int8
+  *input* of these convs is the error. Speed, 7 alternating runs over the demo calls: 0.256 s
+  dynamic-only vs 0.280 s row-scaled (the convs run on few frames here). So the default build
+  (``scripts/build_default_model.py``) leaves them out; ``--calibration-audio`` still adds them.
+
   The first conv stays fp32: one input channel (the waveform), and the int8 version (measured,
   same scheme with a signed per-row scale) saved only ~0.6 ms per step in onnxruntime but doubled
   the error at -24 dB (RMSE / SD 0.068 / 0.075) and did not speed up the pipeline.

@@ -7,14 +7,15 @@
 Steps: bootstrap pseudo-calls from RAVDESS (`corpus from-categorical`, seed 0) -> train with the
 speaker-disjoint split of the recipe config (resumes if interrupted) -> pick the best seed on dev
 CCC -> export fp32 ONNX (parity-checked against torch on real test-split audio) and int8 (dynamic
-int8 LSTM/MatMul + row-scaled int8 convolutions calibrated on 20 training-split calls) ->
+int8 LSTM/MatMul; the convolutions stay fp32 unless --int8-convs, see below) ->
 compare int8 with fp32 on the test calls -> training stability per seed (did the dev CCC ever fall
 below half of its best after reaching it?) -> with --install, copy the model pair and checkpoint into
 cusemo_batch/models/ (the int8 pair) and write models/default.json (numbers that MODEL_CARD.md quotes).
 The cross-corpus numbers come from benchmarks/bench_transfer.py on build/default/{,int8/}*.onnx.
 With --refit-from RUN the training step is the final fit instead: RUN's seeds retrained on its
 train + dev calls for the epochs dev chose there, shipping the seed dev chose there (its stability
-record is RUN's: a refit has no dev curves). Needs the `train` extra. Budget on 2 cores: see
+record is RUN's: a refit has no dev curves); --final-fit does both in one go (train WORK/run, then
+refit it into WORK/refit). The embedded model since v23: `--final-fit --install`. Needs the `train` extra. Budget on 2 cores: see
 MODEL_CARD.md.
 """
 
@@ -69,12 +70,23 @@ def main() -> None:
     ap.add_argument("--refit-from", type=Path,
                     help="a finished run of the recipe: retrain its seeds on train + dev for the epochs dev "
                          "chose there (train --refit-from) and ship the seed dev chose there")
+    ap.add_argument("--final-fit", action="store_true",
+                    help="after training, the final fit: --refit-from the run just trained (into WORK/refit); "
+                         "how the embedded model is built since v23")
     ap.add_argument("--version", default=time.strftime("%Y.%m.%d"), help="model version written in the metadata")
     ap.add_argument("--jobs", type=int, default=2, help="seeds trained at once (train --jobs)")
     ap.add_argument("--install", action="store_true", help="copy the result into cusemo_batch/models/")
     ap.add_argument("--int8-weights", choices=("per-tensor", "per-channel"), default="per-channel",
                     help="scale granularity of the int8 MatMul/LSTM weights (export --int8-weights)")
+    # Off since v23: on the log-mel CRNN the row-scaled int8 convs (export --calibration-audio) are
+    # not faster than fp32 convs (v21, 3 demo calls x 7 alternating runs: 0.280 vs 0.256 s) and
+    # double the frame error vs fp32 (v21 on 3 demo + 18 test calls: RMS 0.0054 vs 0.0030, largest
+    # frame 0.086 vs 0.039, the largest moving 0.06-0.12 with which calls calibrate).
+    ap.add_argument("--int8-convs", action="store_true",
+                    help="also row-scaled int8 convolutions, calibrated on 20 training-split calls")
     a = ap.parse_args()
+    if a.final_fit and (a.run or a.refit_from):
+        ap.error("--final-fit trains and refits itself: not with --run or --refit-from")
     t0 = time.perf_counter()
     corpus, run = a.work / "corpus", a.run or a.work / "run"
     if a.run:
@@ -86,6 +98,9 @@ def main() -> None:
         if not (corpus / "context.csv").is_file():
             sh("corpus", "from-categorical", str(a.data / "manifest.csv"), "--out", str(corpus), "--seed", "0")
         sh("train", str(corpus), "--out", str(run), "--config", str(a.config), "--jobs", str(a.jobs))
+        if a.final_fit:  # dev has chosen in `run`: retrain its seeds on train + dev (work/refit)
+            source, run = run, a.work / "refit"
+            sh("train", str(corpus), "--out", str(run), "--refit-from", str(source), "--jobs", str(a.jobs))
     summary = json.loads((run / "summary.json").read_text())
     refit_source = Path(summary["refit_from"]["source"]) if summary.get("refit_from") else None
     from cusemo_batch.training.checkpoint import load_checkpoint, save_checkpoint
@@ -102,9 +117,9 @@ def main() -> None:
     int8 = a.work / "int8" / "cusemo-default.onnx"  # same file names: this pair is what gets embedded
     check = [x for f in test_audio for x in ("--check-audio", f)]
     sh("export", str(best), "-o", str(fp32), *check)
-    # int8 convolutions calibrated on training-split speech, never the test split
+    # int8 convolutions (opt-in) calibrated on training-split speech, never the test split
     train_audio = sorted(str(corpus / "audio" / f"{cid}.flac") for cid, s in split.items() if s == "train")[:20]
-    calib = [x for f in train_audio for x in ("--calibration-audio", f)]
+    calib = [x for f in train_audio for x in ("--calibration-audio", f)] if a.int8_convs else []
     sh("export", str(best), "-o", str(int8), "--quantize", "int8", "--no-check", "--int8-weights", a.int8_weights,
        *calib)
 
@@ -147,7 +162,7 @@ def main() -> None:
         "onnx_test_ccc": quant, "build_seconds": round(time.perf_counter() - t0),
     }
     (a.work / "default.json").write_text(json.dumps(record, indent=2))
-    if a.install:  # the int8 pair (CCC within 0.002 of fp32, 3x smaller, faster) + the checkpoint
+    if a.install:  # the int8 pair (within 0.01 CCC of fp32, smaller, faster) + the checkpoint
         MODELS.mkdir(exist_ok=True)
         for src in (int8, int8.with_name("cusemo-default.stream.onnx")):
             shutil.copy(src, MODELS / src.name)

@@ -120,8 +120,10 @@ def test_export_without_checkpoint_reexports_the_default(fp32_default):
     assert again.quantized == "none" and ref.quantized == "int8"  # the embedded model is the int8 export
     assert again.metadata["checkpoint_sha256"] == ref.metadata["checkpoint_sha256"]
     assert ref.normalisation == again.normalisation == "speech_rms"
-    convs = ref.metadata["quantization"]["row_scaled_convs"]  # blocks 2 and 3; the first stays fp32
-    assert len(convs) == 2 and all(c.startswith("/cnn/cnn.") and c.endswith("/Conv") for c in convs)
+    # dynamic int8 LSTM/MatMul with fp32 convolutions: on the log-mel CRNN the row-scaled int8
+    # convs were no faster and doubled the frame error (scripts/build_default_model.py --int8-convs)
+    assert ref.metadata["quantization"]["dynamic"] == ["MatMul", "LSTM"]
+    assert ref.metadata["quantization"]["row_scaled_convs"] == []
     xn = normalise(x, ref.normalisation)
     for head in ("valence", "arousal"):
         a, b = again.infer_stream(xn)[head], ref.infer_stream(xn)[head]

@@ -50,13 +50,17 @@ def flagged_calls(out: Path, day: dt.date | None = None, speaker: str | None = N
 
 
 def write_night(src: Path, dst: Path, n: int, day: dt.date = D24, tile: int = 1, rename=None,
-                meta=None, no_flags: bool = False, errors: pl.DataFrame | None = None) -> Path:
+                meta=None, no_flags: bool = False, errors: pl.DataFrame | None = None,
+                flagged_only: bool = False) -> Path:
     """A synthetic store: ``n`` calls cut from the real demo output (flagged ones first, cycled),
     each ``tile`` times as long (the call repeated end to end, events shifted), written in the
     store's layout (one file per call per table). ``rename(i, call_id)`` names them, ``meta``
-    overrides metadata columns, ``no_flags`` clears every flag; runs are copied."""
+    overrides metadata columns, ``no_flags`` clears every flag, ``flagged_only`` cycles through the
+    flagged calls only; runs are copied."""
     calls, ts, ev = (read_table(src, t).drop("date") for t in ("calls", "timeseries", "events"))
-    order = sorted(set(calls["call_id"]), key=lambda c: (c not in flagged_calls(src), c))
+    flagged = flagged_calls(src)
+    order = sorted(set(calls["call_id"]) & flagged if flagged_only else set(calls["call_id"]),
+                   key=lambda c: (c not in flagged, c))
     for i in range(n):
         cid = order[i % len(order)]
         new = rename(i, cid) if rename else f"call-{i:03d}"
@@ -151,7 +155,8 @@ def test_demo_night(demo_out, tmp_path):
     text = path.read_text(encoding="utf-8")
     p = parse(path)
     flagged = flagged_calls(demo_out, D24)
-    assert len(flagged) == 3
+    # the embedded model's demo night (README's table): anger_escalation and recovery; steady is calm
+    assert len(flagged) == 2
     assert p.classes.get("figure.call-plot") == len(flagged)
     assert p.tags["svg"] == len(flagged)  # one figure per call, nothing else drawn for one night
     assert "http" not in text and "<script" not in text and "url(http" not in text
@@ -160,13 +165,16 @@ def test_demo_night(demo_out, tmp_path):
     for cid in flagged:
         assert cid in body
     assert "negative_end" not in body  # a call of the other night
-    assert "billing" in body and "A042" in body  # calls.csv metadata columns
+    assert "billing" in body and "support" in body and "A017" in body  # calls.csv metadata columns
+    assert "A042" not in body  # the steady call's agent: nothing flagged there
     assert "No errors." in body
     # severity: the ranked table follows the number of problem flags computed from the table
     c = read_table(demo_out, "calls").filter(pl.col("date") == D24)
     n = (c.group_by("call_id").agg(pl.sum_horizontal(*PROBLEM_FLAGS).sum().alias("n")).sort("call_id"))
     first = report.rank_calls(c, read_table(demo_out, "events").filter(pl.col("date") == D24))
-    assert first["n_flags"].to_list() == sorted(n["n"].to_list(), reverse=True)
+    # ... over the flagged calls only (steady, with none, is not ranked)
+    assert first["n_flags"].to_list() == sorted((k for k in n["n"].to_list() if k), reverse=True)
+    assert set(first["call_id"]) == flagged
     anchors = [h for h in p.hrefs if h.startswith("#call-")]
     assert len(anchors) == len(flagged)
 
@@ -187,7 +195,7 @@ def test_default_night_is_latest_date_with_calls(demo_out, tmp_path, monkeypatch
 def test_range_has_trend(demo_out, tmp_path):
     path = build(demo_out, date_from=D24, date_to=D25, output=tmp_path / "r.html")
     p = parse(path)
-    assert p.classes.get("figure.call-plot") == len(flagged_calls(demo_out)) == 4
+    assert p.classes.get("figure.call-plot") == len(flagged_calls(demo_out)) == 3
     assert p.classes.get("figure.trend-plot") == 1
     rates = report.flag_rates(read_table(demo_out, "calls"))
     assert rates["date"].to_list() == [D24, D25] and rates["calls"].to_list() == [3, 1]
@@ -198,8 +206,8 @@ def test_range_has_trend(demo_out, tmp_path):
 def test_speaker_filter_and_user_errors(demo_out, tmp_path):
     path = build(demo_out, date=D24, speaker="agent", output=tmp_path / "a.html")
     agent = flagged_calls(demo_out, D24, "agent")
-    # the embedded model's demo night (README's table): the steady call's only flag is its client's
-    assert parse(path).classes.get("figure.call-plot") == len(agent) == 2
+    # the embedded model's demo night (README's table): only the recovery agent has a flag
+    assert parse(path).classes.get("figure.call-plot") == len(agent) == 1
     assert agent < flagged_calls(demo_out, D24)  # so the agent filter drops a call the full report shows
     with pytest.raises(ReportError, match="no speaker 'custmer'.*client, agent"):
         build(demo_out, date=D24, speaker="custmer", output=tmp_path / "x.html")
@@ -288,7 +296,7 @@ def test_nothing_flagged(demo_out, tmp_path):
 def test_fifty_flagged_calls_stay_small_and_top_n(demo_out, tmp_path):
     """50 flagged calls of 5-6 minutes (the demo calls repeated 6x): under the 2 MB e-mail budget;
     --top bounds the figures while the table keeps every flagged call."""
-    out = write_night(demo_out, tmp_path / "out", 50, tile=6)
+    out = write_night(demo_out, tmp_path / "out", 50, tile=6, flagged_only=True)
     assert len(flagged_calls(out, D24)) == 50
     path = build(out, date=D24, output=tmp_path / "r.html")
     p = parse(path)
@@ -417,8 +425,8 @@ def test_renders_in_headless_chromium(demo_out, tmp_path):
     url = path.resolve().as_uri()
     dom = run_chromium(["--dump-dom", url], tmp_path / "profile")
     assert dom.returncode == 0, dom.stderr[-2000:]
-    assert dom.stdout.count('<figure class="call-plot">') == len(flagged_calls(demo_out)) == 4
-    assert dom.stdout.count("<svg") == 5  # 4 calls + the trend
+    assert dom.stdout.count('<figure class="call-plot">') == len(flagged_calls(demo_out)) == 3
+    assert dom.stdout.count("<svg") == 4  # 3 calls + the trend
     shot = tmp_path / "shot.png"
     r = run_chromium([f"--screenshot={shot}", "--window-size=1100,1800", url], tmp_path / "profile")
     assert r.returncode == 0 and shot.is_file(), r.stderr[-2000:]
