@@ -41,7 +41,7 @@ Two layers of quantization:
   4.8 -> 3.8 s.
 
   On the log-mel CRNN (the default model since v10: a fixed DFT/mel front end, then conv blocks on
-  a 100 Hz feature grid) they no longer pay. Measured 2026-12-04 on v21's checkpoint, int8 in the
+  160 and 32 Hz feature grids) they no longer pay. Measured 2026-12-04 on v21's checkpoint, int8 in the
   scorer's 3 s chunks vs its fp32 export, 3 demo + 18 RAVDESS test calls: dynamic-only int8 RMS
   0.0030, largest frame error 0.039; with row-scaled convs RMS 0.0054 and largest 0.086 (0.06-0.12
   depending on which calls calibrate). Removing only the input quantization (Q/DQ of ``x - d``)

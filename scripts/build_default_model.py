@@ -15,8 +15,8 @@ The cross-corpus numbers come from benchmarks/bench_transfer.py on build/default
 With --refit-from RUN the training step is the final fit instead: RUN's seeds retrained on its
 train + dev calls for the epochs dev chose there, shipping the seed dev chose there (its stability
 record is RUN's: a refit has no dev curves); --final-fit does both in one go (train WORK/run, then
-refit it into WORK/refit). The embedded model since v23: `--final-fit --install`. Needs the `train` extra. Budget on 2 cores: see
-MODEL_CARD.md.
+refit it into WORK/refit). The embedded model since v23: `--final-fit --install`. Needs the
+`train` extra. Budget on 2 cores: see MODEL_CARD.md.
 """
 
 from __future__ import annotations
