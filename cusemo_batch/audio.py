@@ -174,18 +174,19 @@ def resample(x: np.ndarray, sr_in: int, sr_out: int) -> np.ndarray:
     return y.astype(np.float32, copy=False)
 
 
-def normalise(x: np.ndarray, method: str, sample_rate: int = 8000) -> np.ndarray:
+def normalise(x: np.ndarray, method: str, sample_rate: int = 8000, *, level_db: float | None = None) -> np.ndarray:
     """Input normalisation recorded in the model's metadata (``none`` = the paper's raw waveform).
 
     The one function training, export checks and scoring all call, so the model sees in production
-    what it saw in training. ``sample_rate`` is that of ``x`` (``speech_rms`` works on 20 ms frames).
+    what it saw in training. ``sample_rate`` is that of ``x`` (``speech_rms`` works on 20 ms frames);
+    ``level_db`` is ``x``'s active-speech level when the caller measured it already (the scorer).
     """
     if method == "none":
         return x
     if method == "speech_rms":
         from .level import normalise_level
 
-        return normalise_level(x, sample_rate)
+        return normalise_level(x, sample_rate, level_db=level_db)
     if method == "rms":
         rms = float(np.sqrt(np.mean(np.square(x, dtype=np.float64)))) if x.size else 0.0
         return (x * (RMS_TARGET / max(rms, 1e-5))).astype(np.float32)

@@ -42,6 +42,7 @@ WINDOW_DB = 30.0  # frames within this of the reference energy are active speech
 REFERENCE_PERCENTILE = 95.0  # robust "loudest" energy: a click or a pop is not the reference
 FRAME_S = 0.02
 MAX_GAIN_DB = 60.0
+CLIP_LEVEL = 0.99  # |sample| at or above this share of full scale counts as clipped
 _SILENT_DB = -119.0  # frame_energy_db's floor is -120: such frames are digital silence
 DESCRIPTION = (f"{LEVEL_METHOD}: each speaker track scaled by one gain to {TARGET_DBFS:g} dBFS active-speech "
                f"RMS (20 ms frames within {WINDOW_DB:g} dB of the track's p{REFERENCE_PERCENTILE:g} energy)")
@@ -68,15 +69,36 @@ def active_level_db(x: np.ndarray, sample_rate: int, *, window_db: float = WINDO
     return float(10.0 * np.log10(power))
 
 
-def level_gain_db(x: np.ndarray, sample_rate: int, target_dbfs: float = TARGET_DBFS) -> float:
-    """Gain in dB that brings ``x`` to ``target_dbfs`` active-speech RMS (0 for digital silence)."""
-    level = active_level_db(x, sample_rate)
+def clipped_fraction(x: np.ndarray, threshold: float = CLIP_LEVEL) -> float:
+    """Fraction of the samples of ``x`` at or beyond ``threshold`` of full scale (0 for empty input).
+
+    Why it is reported: the level contract removes a track's level, not saturation, and a line that
+    clips sounds harsher -- the default model reads it as more agitated (MODEL_CARD.md, *Clipping*:
+    about +0.06 mean arousal with 1.8 % of the samples clipped). Clean speech has none at full scale;
+    the threshold sits a little below it because resampling to the model rate smooths the flat tops
+    of clipped waveforms (they overshoot and ripple around full scale instead of sitting on it).
+    """
+    x = np.asarray(x)
+    if x.size == 0:
+        return 0.0
+    return float(np.count_nonzero(np.abs(x) >= threshold)) / x.size
+
+
+def level_gain_db(x: np.ndarray, sample_rate: int, target_dbfs: float = TARGET_DBFS, *,
+                  level_db: float | None = None) -> float:
+    """Gain in dB that brings ``x`` to ``target_dbfs`` active-speech RMS (0 for digital silence).
+
+    ``level_db``: ``x``'s :func:`active_level_db`, when the caller has it already (the scorer
+    reports it), so a long track is not measured twice.
+    """
+    level = active_level_db(x, sample_rate) if level_db is None else level_db
     if not np.isfinite(level):
         return 0.0
     return float(np.clip(target_dbfs - level, -MAX_GAIN_DB, MAX_GAIN_DB))
 
 
-def normalise_level(x: np.ndarray, sample_rate: int, target_dbfs: float = TARGET_DBFS) -> np.ndarray:
+def normalise_level(x: np.ndarray, sample_rate: int, target_dbfs: float = TARGET_DBFS, *,
+                    level_db: float | None = None) -> np.ndarray:
     """``x`` scaled by one gain to ``target_dbfs`` active-speech RMS (float32, a new array)."""
-    gain = np.float32(10.0 ** (level_gain_db(x, sample_rate, target_dbfs) / 20.0))
+    gain = np.float32(10.0 ** (level_gain_db(x, sample_rate, target_dbfs, level_db=level_db) / 20.0))
     return (np.asarray(x, dtype=np.float32) * gain).astype(np.float32, copy=False)

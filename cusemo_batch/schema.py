@@ -17,8 +17,9 @@ from dataclasses import dataclass
 
 import polars as pl
 
-SCHEMA_VERSION = 3  # 2: calls.last_error_at / last_error / call_date (Date), runs.device_note;
-# 3: calls.csv columns in one JSON column `metadata` (one schema for every file of `calls`)
+SCHEMA_VERSION = 4  # 2: calls.last_error_at / last_error / call_date (Date), runs.device_note;
+# 3: calls.csv columns in one JSON column `metadata` (one schema for every file of `calls`);
+# 4: calls.input_level_dbfs / clipped_fraction (null in rows scored before)
 
 
 @dataclass(frozen=True)
@@ -91,6 +92,12 @@ TABLES: dict[str, tuple[Column, ...]] = {
         Column("layout", pl.Utf8, "", "how the call was found: stereo, per-speaker, rttm or mono"),
         Column("compressed_s", pl.Float64, "s",
                "audio the model saw for this speaker: the recording after silences > 3 s became 1 s"),
+        Column("input_level_dbfs", pl.Float64, "dBFS",
+               "active-speech RMS level of that audio as it arrived, before the model's level normalisation "
+               "(a line's loudness; the `speech_rms` models do not see it)"),
+        Column("clipped_fraction", pl.Float64, "0..1",
+               "share of that audio's samples at full scale (|x| >= 0.99): clipping reads as agitation "
+               "(MODEL_CARD.md)"),
         Column("audio_sha256", pl.Utf8, "", "sha256 over the call's input files (audio and RTTM)"),
         Column("score_key", pl.Utf8, "", "audio hash : model hash : options hash (what the skip logic compares)"),
         Column("scored_at", _UTC, "UTC", "when the result was computed"),

@@ -33,6 +33,7 @@ import polars as pl
 
 from . import changes, silence
 from .audio import AudioError, load_channels, normalise
+from .level import active_level_db, clipped_fraction
 from .calls import Call, CallError, RTTMError, SpeakerSource, calls_from_files, discover
 from .rttm import keep_speaker_regions
 from .files import sha256_file
@@ -194,7 +195,11 @@ class Scorer:
         if len(y) < m.hop:
             raise TooShortError(f"speaker {src.speaker}: {len(y) / m.sample_rate:.3f} s of audio is shorter "
                                 f"than one model frame ({m.hop / m.sample_rate:.3f} s)")
-        return SpeakerAudio(src.speaker, normalise(y, m.normalisation, m.sample_rate), tmap, speech, duration)
+        # the line as it arrived (what the level contract then removes), for the calls table
+        level_db = active_level_db(y, m.sample_rate)
+        return SpeakerAudio(src.speaker, normalise(y, m.normalisation, m.sample_rate, level_db=level_db), tmap,
+                            speech, duration, level_db if np.isfinite(level_db) else float("nan"),
+                            clipped_fraction(y))
 
     # ----------------------------------------------------------------------------- inference
     def infer(self, items: list[SpeakerAudio]) -> list[dict[str, np.ndarray]]:
@@ -408,6 +413,8 @@ class Scorer:
             "speaker": [sp.speaker for d, _ in calls for sp in d.speakers],
             "layout": [d.call.layout for d, _ in calls for _ in d.speakers],
             "compressed_s": [len(sp.audio) / self.model.sample_rate for d, _ in calls for sp in d.speakers],
+            "input_level_dbfs": [sp.input_level_dbfs for d, _ in calls for sp in d.speakers],
+            "clipped_fraction": [sp.clipped_fraction for d, _ in calls for sp in d.speakers],
         })
         summary = summary.join(extra, on=["call_id", "speaker"], how="left")
         by_call = {k[0]: v for k, v in ts.partition_by("call_id", as_dict=True, maintain_order=True).items()}

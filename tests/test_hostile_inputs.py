@@ -17,6 +17,8 @@ import pytest
 import soundfile as sf
 from demo_calls import copy_demo_calls
 
+from cusemo_batch.schema import SCHEMA_VERSION
+
 EXAMPLES = Path(__file__).resolve().parents[1] / "examples" / "calls"
 RUN_COLUMNS = ("run_id", "scored_at", "occurred_at")
 
@@ -184,6 +186,32 @@ def test_calls_csv_columns_changing_between_nights_keep_one_schema(tmp_path, plu
     assert rows[1][3] == "{}" and rows[1][2] is None
 
 
+def test_a_store_of_schema_3_gets_the_line_columns_as_nulls(tmp_path, plumbing_onnx):
+    """Schema 4 added calls.input_level_dbfs / clipped_fraction: rows scored before have no such
+    measurement, so the upgrade adds the columns as nulls (not zeros), touches no number, and rows
+    scored afterwards carry them."""
+    calls, out = demo(tmp_path / "calls", names=("negative_end", "steady")), tmp_path / "out"
+    assert cli("score", calls, "--out", out, "--model", plumbing_onnx).returncode == 0
+    current = values(out)["calls"]
+    assert current["input_level_dbfs"].null_count() == 0 and current["clipped_fraction"].null_count() == 0
+    for f in (out / "calls").rglob("*.parquet"):  # what schema 3 wrote
+        pl.read_parquet(f).drop("input_level_dbfs", "clipped_fraction").with_columns(
+            pl.lit(3, pl.Int32).alias("schema_version")).write_parquet(f)
+    (out / "_state" / "schema_version").write_text("3\n")
+    r = cli("score", calls, "--out", out, "--model", plumbing_onnx)
+    assert r.returncode == 0 and "0 scored, 2 skipped" in r.stdout, r.stdout
+    assert "upgraded 2 file(s)" in r.stderr, r.stderr
+    after = values(out)["calls"]
+    assert after["input_level_dbfs"].null_count() == after.height == after["clipped_fraction"].null_count()
+    old = current.drop("input_level_dbfs", "clipped_fraction", "schema_version")
+    assert after.drop("input_level_dbfs", "clipped_fraction", "schema_version").equals(old, null_equal=True)
+    assert duckdb.sql(f"select count(clipped_fraction), count(*) from read_parquet('{out}/calls/**/*.parquet')"
+                      ).fetchall() == [(0, after.height)]
+    r = cli("score", calls, "--out", out, "--model", plumbing_onnx, "--force")
+    assert r.returncode == 0, r.stderr
+    assert values(out)["calls"].equals(current, null_equal=True)  # rescored: the measurement is back
+
+
 def test_a_store_of_schema_2_is_upgraded_in_place(tmp_path, plumbing_onnx):
     """Files written before schema 3 (calls.csv columns as columns of their own, clashing names
     prefixed ``meta_``) are rewritten once, numbers untouched, then the glob reads as one table."""
@@ -204,7 +232,7 @@ def test_a_store_of_schema_2_is_upgraded_in_place(tmp_path, plumbing_onnx):
     r = cli("score", calls, "--out", out, "--model", plumbing_onnx)
     assert r.returncode == 0 and "0 scored, 2 skipped" in r.stdout, r.stdout
     assert "upgraded 2 file(s)" in r.stderr, r.stderr
-    assert (out / "_state" / "schema_version").read_text().strip() == "3"
+    assert (out / "_state" / "schema_version").read_text().strip() == str(SCHEMA_VERSION)
     after = values(out)["calls"]
     assert after.equals(current, null_equal=True)
     assert set(pl.read_parquet(next((out / "calls").rglob("steady-*.parquet")))["metadata"]) == {"{}"}

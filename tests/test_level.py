@@ -1,13 +1,18 @@
 """Level contract (cusemo_batch.level) and the level-free VAD, on synthetic and real speech."""
 
+from pathlib import Path
+
 import numpy as np
 import pytest
+import soundfile as sf
 
 from cusemo_batch.audio import NORMALISATIONS, load_audio, normalise
-from cusemo_batch.level import MAX_GAIN_DB, TARGET_DBFS, active_level_db, level_gain_db, normalise_level
+from cusemo_batch.level import (MAX_GAIN_DB, TARGET_DBFS, active_level_db, clipped_fraction, level_gain_db,
+                                normalise_level)
 from cusemo_batch.silence import compress_silence, detect_speech
 
 SR = 8000
+EXAMPLES = Path(__file__).resolve().parents[1] / "examples" / "calls"
 UTTERANCES = ("03-01-01-01-01-01-01.flac", "03-01-05-02-02-01-08.flac", "03-01-04-01-01-02-05.flac")
 
 
@@ -80,3 +85,39 @@ def test_sparse_speech_in_digital_silence_still_gets_its_level():
     x = np.concatenate([np.zeros(10 * SR, np.float32), tone, np.zeros(11 * SR, np.float32)])
     assert active_level_db(x, SR) == pytest.approx(-30.0, abs=0.05)
     assert active_level_db(normalise_level(x, SR), SR) == pytest.approx(TARGET_DBFS, abs=0.05)
+
+
+def test_clipped_fraction_counts_samples_at_full_scale():
+    x = np.array([0.0, 0.5, -0.98, 0.99, -1.0, 1.0, 1.7, -0.2], np.float32)
+    assert clipped_fraction(x) == 4 / 8  # 0.99, -1.0, 1.0, 1.7 (float input beyond full scale too)
+    assert clipped_fraction(x, threshold=1.0) == 3 / 8
+    assert clipped_fraction(np.zeros(0, np.float32)) == 0.0
+
+
+def test_the_calls_table_reports_each_line_level_and_clipping(plumbing_onnx, tmp_path):
+    """input_level_dbfs follows the gain of the file (the model never sees it); clipped_fraction is
+    0 for the demo speech and grows when the same speech is driven into full scale."""
+    from cusemo_batch.scorer import Scorer
+
+    x, sr = sf.read(EXAMPLES / "negative_end.flac", dtype="float32")
+    calls = tmp_path / "calls"
+    calls.mkdir()
+    for name, gain_db, clip in (("as_recorded", 0.0, False), ("quiet", -20.0, False), ("hot", 40.0, True)):
+        y = x * np.float32(10 ** (gain_db / 20))
+        sf.write(calls / f"{name}.wav", np.clip(y, -1.0, 1.0) if clip else y, sr, subtype="FLOAT")
+    res = Scorer(plumbing_onnx, device="cpu").score_folder(calls)
+    assert res.errors.height == 0
+    c = {r["call_id"]: r for r in res.calls.iter_rows(named=True)}
+    # the level of the audio as the scorer got it (long pauses and the hold compressed): near the file's own
+    # (the demo's calm-to-sad client sits near -46 dBFS, like RAVDESS's calm speech)
+    assert abs(c["as_recorded"]["input_level_dbfs"] - active_level_db(load_audio(calls / "as_recorded.wav", SR), SR)) < 1.5
+    assert abs(c["quiet"]["input_level_dbfs"] - (c["as_recorded"]["input_level_dbfs"] - 20.0)) < 0.05
+    assert c["as_recorded"]["clipped_fraction"] == c["quiet"]["clipped_fraction"] == 0.0
+    assert c["hot"]["clipped_fraction"] > 0.01
+
+
+def test_a_level_measured_before_gives_the_same_normalisation(ravdess_dir):
+    """The scorer measures each track's level once (for the calls table) and hands it to normalise:
+    bit-identical to normalise measuring it itself."""
+    x = load_audio(ravdess_dir / "audio" / UTTERANCES[1], SR)
+    assert np.array_equal(normalise(x, "speech_rms", SR, level_db=active_level_db(x, SR)), normalise(x, "speech_rms", SR))
