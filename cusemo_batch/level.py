@@ -43,6 +43,7 @@ REFERENCE_PERCENTILE = 95.0  # robust "loudest" energy: a click or a pop is not 
 FRAME_S = 0.02
 MAX_GAIN_DB = 60.0
 CLIP_LEVEL = 0.99  # |sample| at or above this share of full scale counts as clipped
+_CLIP_BLOCK = 1 << 20  # samples per block when counting them (bounded temporary memory)
 _SILENT_DB = -119.0  # frame_energy_db's floor is -120: such frames are digital silence
 DESCRIPTION = (f"{LEVEL_METHOD}: each speaker track scaled by one gain to {TARGET_DBFS:g} dBFS active-speech "
                f"RMS (20 ms frames within {WINDOW_DB:g} dB of the track's p{REFERENCE_PERCENTILE:g} energy)")
@@ -78,10 +79,12 @@ def clipped_fraction(x: np.ndarray, threshold: float = CLIP_LEVEL) -> float:
     the threshold sits a little below it because resampling to the model rate smooths the flat tops
     of clipped waveforms (they overshoot and ripple around full scale instead of sitting on it).
     """
-    x = np.asarray(x)
+    x = np.asarray(x).ravel()
     if x.size == 0:
         return 0.0
-    return float(np.count_nonzero(np.abs(x) >= threshold)) / x.size
+    # in blocks: a 2 h track is 230 MB of float32, and np.abs would copy all of it at once
+    n = sum(int(np.count_nonzero(np.abs(x[i:i + _CLIP_BLOCK]) >= threshold)) for i in range(0, x.size, _CLIP_BLOCK))
+    return n / x.size
 
 
 def level_gain_db(x: np.ndarray, sample_rate: int, target_dbfs: float = TARGET_DBFS, *,

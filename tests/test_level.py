@@ -92,6 +92,8 @@ def test_clipped_fraction_counts_samples_at_full_scale():
     assert clipped_fraction(x) == 4 / 8  # 0.99, -1.0, 1.0, 1.7 (float input beyond full scale too)
     assert clipped_fraction(x, threshold=1.0) == 3 / 8
     assert clipped_fraction(np.zeros(0, np.float32)) == 0.0
+    long = np.random.default_rng(1).normal(0, 0.4, 3 * (1 << 20) + 5).astype(np.float32)  # counted in blocks
+    assert clipped_fraction(long) == np.count_nonzero(np.abs(long) >= 0.99) / long.size
 
 
 def test_the_calls_table_reports_each_line_level_and_clipping(plumbing_onnx, tmp_path):
