@@ -52,6 +52,10 @@ from .report_data import (CALL_KEY, DEFAULT_TOP, GOOD_FLAGS, MAX_EVENT_ROWS, PRO
                           partition_dates, rank_calls, silence_runs, speaker_order, summary)
 from .report_figures import call_figure, mmss, trend_figure
 
+# share of a track's samples at full scale from which the report warns (MODEL_CARD.md, *Clipping*:
+# 0.2 % of the samples clipped moved the default model's mean arousal by +0.02, 1.8 % by +0.06)
+CLIP_WARN = 0.002
+
 # Names tests and callers reach through cusemo_batch.report (the data shaping lives in report_data).
 __all__ = ["build", "render", "ReportError", "PROBLEM_FLAGS", "GOOD_FLAGS", "DEFAULT_TOP", "TABLES", "rank_calls",
            "flag_rates", "silence_runs", "decimate", "error_groups"]
@@ -73,6 +77,16 @@ def _badges(problems: Sequence[str], recoveries: Sequence[str]) -> str:
         parts.append(f'<span class="b bad">{_e(sp)}: {_e(_flag_text(flag))}</span>')
     parts += [f'<span class="b good">{_e(sp)}: recovery</span>' for sp in recoveries]
     return " ".join(parts)
+
+
+def _line_text(row: dict) -> str:
+    """The speaker's line as it arrived: its level, and a warning when it clips (clipping reads as
+    agitation, so an arousal flag on a clipping line is worth a listen before it is believed)."""
+    level, clipped = row.get("input_level_dbfs"), row.get("clipped_fraction")
+    text = "–" if level is None or level != level else f"{level:.0f}&nbsp;dBFS"
+    if clipped is not None and clipped >= CLIP_WARN:
+        text += f' <span class="b bad">clipping {100 * clipped:.1f} %</span>'
+    return text
 
 
 def _event_text(row: dict) -> str:
@@ -203,8 +217,8 @@ def _call_section(i: int, r: dict, night: Night, figure: str) -> str:
         badges = _badges([f"{sp}:{f}" for f in PROBLEM_FLAGS if t[f]], [sp] if t["recovery"] else [])
         flag_rows.append([_e(sp), badges or "<span class=\"muted\">none</span>",
                           _arrow(t["valence_start"], t["valence_end"]), _arrow(t["arousal_start"], t["arousal_end"]),
-                          f"{t['longest_negative_s'] or 0:.0f} s"])
-    out.append(_table(["speaker", "flags", "valence start → end", "arousal start → end", "longest negative"],
+                          f"{t['longest_negative_s'] or 0:.0f} s", _line_text(t)])
+    out.append(_table(["speaker", "flags", "valence start → end", "arousal start → end", "longest negative", "line"],
                       flag_rows))
     out.append(f"<figure class=\"call-plot\">{figure}</figure>")
     ev = night.events.filter(here)

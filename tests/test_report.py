@@ -5,6 +5,7 @@ and in a real browser (headless Chromium renders it, figures in the DOM, screens
 from __future__ import annotations
 
 import datetime as dt
+import re
 import shutil
 import subprocess
 import sys
@@ -51,12 +52,12 @@ def flagged_calls(out: Path, day: dt.date | None = None, speaker: str | None = N
 
 def write_night(src: Path, dst: Path, n: int, day: dt.date = D24, tile: int = 1, rename=None,
                 meta=None, no_flags: bool = False, errors: pl.DataFrame | None = None,
-                flagged_only: bool = False) -> Path:
+                flagged_only: bool = False, calls_columns: dict | None = None) -> Path:
     """A synthetic store: ``n`` calls cut from the real demo output (flagged ones first, cycled),
     each ``tile`` times as long (the call repeated end to end, events shifted), written in the
     store's layout (one file per call per table). ``rename(i, call_id)`` names them, ``meta``
     overrides metadata columns, ``no_flags`` clears every flag, ``flagged_only`` cycles through the
-    flagged calls only; runs are copied."""
+    flagged calls only, ``calls_columns`` sets columns of ``calls`` to values; runs are copied."""
     calls, ts, ev = (read_table(src, t).drop("date") for t in ("calls", "timeseries", "events"))
     flagged = flagged_calls(src)
     order = sorted(set(calls["call_id"]) & flagged if flagged_only else set(calls["call_id"]),
@@ -77,6 +78,8 @@ def write_night(src: Path, dst: Path, n: int, day: dt.date = D24, tile: int = 1,
             e = e.head(0)
         if meta:
             c = c.with_columns(pl.lit(metadata_json(meta)).alias("metadata"))
+        if calls_columns:
+            c = c.with_columns(pl.lit(v, c.schema[k]).alias(k) for k, v in calls_columns.items())
         for table, df in (("calls", c), ("timeseries", t), ("events", e)):
             folder = dst / table / f"date={day}"
             folder.mkdir(parents=True, exist_ok=True)
@@ -167,6 +170,7 @@ def test_demo_night(demo_out, tmp_path):
     assert "negative_end" not in body  # a call of the other night
     assert "billing" in body and "support" in body and "A017" in body  # calls.csv metadata columns
     assert "A042" not in body  # the steady call's agent: nothing flagged there
+    assert "dBFS" in body and not re.search(r"clipping \d", body)  # each speaker's line level; no demo line clips
     assert "No errors." in body
     # severity: the ranked table follows the number of problem flags computed from the table
     c = read_table(demo_out, "calls").filter(pl.col("date") == D24)
@@ -291,6 +295,20 @@ def test_nothing_flagged(demo_out, tmp_path):
     assert "Nothing flagged." in body and "3 call(s) scored" in body
     assert p.classes.get("figure.call-plot") is None and p.tags.get("svg") is None
     assert path.stat().st_size < 15_000
+
+
+def test_a_clipping_line_is_called_out(demo_out, tmp_path):
+    """A speaker whose line clips gets a warning beside its flags (clipping reads as agitation);
+    a trace of full-scale samples below the threshold does not."""
+    hot = write_night(demo_out, tmp_path / "hot", 1, flagged_only=True, calls_columns={"clipped_fraction": 0.02})
+    body = " ".join(parse(build(hot, date=D24, output=tmp_path / "hot.html")).text)
+    assert "clipping 2.0 %" in body
+    trace = write_night(demo_out, tmp_path / "trace", 1, flagged_only=True,
+                        calls_columns={"clipped_fraction": report.CLIP_WARN / 2})
+    assert not re.search(r"clipping \d", " ".join(parse(build(trace, date=D24, output=tmp_path / "trace.html")).text))
+    old = write_night(demo_out, tmp_path / "old", 1, flagged_only=True,  # rows scored before schema 4
+                      calls_columns={"clipped_fraction": None, "input_level_dbfs": None})
+    assert parse(build(old, date=D24, output=tmp_path / "old.html")).tags.get("svg") == 1
 
 
 def test_fifty_flagged_calls_stay_small_and_top_n(demo_out, tmp_path):
