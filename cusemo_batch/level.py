@@ -87,21 +87,24 @@ def clipped_fraction(x: np.ndarray, threshold: float = CLIP_LEVEL) -> float:
     return n / x.size
 
 
-def level_gain_db(x: np.ndarray, sample_rate: int, target_dbfs: float = TARGET_DBFS, *,
-                  level_db: float | None = None) -> float:
-    """Gain in dB that brings ``x`` to ``target_dbfs`` active-speech RMS (0 for digital silence).
+def level_gain_db(x: np.ndarray, sample_rate: int, target_dbfs: float = TARGET_DBFS) -> float:
+    """Gain in dB that brings ``x`` to ``target_dbfs`` active-speech RMS (0 for digital silence)."""
+    return _gain_db(active_level_db(x, sample_rate), target_dbfs)
 
-    ``level_db``: ``x``'s :func:`active_level_db`, when the caller has it already (the scorer
-    reports it), so a long track is not measured twice.
-    """
-    level = active_level_db(x, sample_rate) if level_db is None else level_db
-    if not np.isfinite(level):
+
+def _gain_db(level_db: float, target_dbfs: float) -> float:
+    if not np.isfinite(level_db):
         return 0.0
-    return float(np.clip(target_dbfs - level, -MAX_GAIN_DB, MAX_GAIN_DB))
+    return float(np.clip(target_dbfs - level_db, -MAX_GAIN_DB, MAX_GAIN_DB))
 
 
 def normalise_level(x: np.ndarray, sample_rate: int, target_dbfs: float = TARGET_DBFS, *,
                     level_db: float | None = None) -> np.ndarray:
-    """``x`` scaled by one gain to ``target_dbfs`` active-speech RMS (float32, a new array)."""
-    gain = np.float32(10.0 ** (level_gain_db(x, sample_rate, target_dbfs, level_db=level_db) / 20.0))
+    """``x`` scaled by one gain to ``target_dbfs`` active-speech RMS (float32, a new array).
+
+    ``level_db``: ``x``'s :func:`active_level_db` when the caller measured it already (the scorer
+    reports it), so a long track is not measured twice.
+    """
+    level = active_level_db(x, sample_rate) if level_db is None else level_db
+    gain = np.float32(10.0 ** (_gain_db(level, target_dbfs) / 20.0))
     return (np.asarray(x, dtype=np.float32) * gain).astype(np.float32, copy=False)

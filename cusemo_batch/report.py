@@ -83,7 +83,7 @@ def _line_text(row: dict) -> str:
     """The speaker's line as it arrived: its level, and a warning when it clips (clipping reads as
     agitation, so an arousal flag on a clipping line is worth a listen before it is believed)."""
     level, clipped = row.get("input_level_dbfs"), row.get("clipped_fraction")
-    text = "–" if level is None or level != level else f"{level:.0f}&nbsp;dBFS"
+    text = "–" if level is None else f"{level:.0f}&nbsp;dBFS"  # None: scored before schema 4
     if clipped is not None and clipped >= CLIP_WARN:
         text += f' <span class="b bad">clipping {100 * clipped:.1f} %</span>'
     return text

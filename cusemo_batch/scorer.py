@@ -198,8 +198,7 @@ class Scorer:
         # the line as it arrived (what the level contract then removes), for the calls table
         level_db = active_level_db(y, m.sample_rate)
         return SpeakerAudio(src.speaker, normalise(y, m.normalisation, m.sample_rate, level_db=level_db), tmap,
-                            speech, duration, level_db if np.isfinite(level_db) else float("nan"),
-                            clipped_fraction(y))
+                            speech, duration, level_db, clipped_fraction(y))
 
     # ----------------------------------------------------------------------------- inference
     def infer(self, items: list[SpeakerAudio]) -> list[dict[str, np.ndarray]]:

@@ -2,6 +2,7 @@
 
 Schema 4 added ``calls.input_level_dbfs`` and ``calls.clipped_fraction``: older files get them as
 nulls (the measurement was not made), like any declared column a file lacks.
+
 Schema 3 moved the ``calls.csv`` columns of the ``calls`` table into one JSON column
 ``metadata``: before, each file carried the columns its night's ``calls.csv`` had, and DuckDB's
 ``select * from read_parquet('OUT/calls/**/*.parquet')`` failed with a schema mismatch as soon
