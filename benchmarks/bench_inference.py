@@ -1,7 +1,8 @@
 """Inference speed of the CusEmo CRNN: torch eager vs onnxruntime fp32 / int8, and the FLOP bound.
 
-    python benchmarks/bench_inference.py [--checkpoint CKPT] [--seconds 300] [--threads 2]
-                                         [--batch 1] [--repeats 3] [--out benchmarks/results/inference.json]
+    python benchmarks/bench_inference.py [--checkpoint CKPT | --config RECIPE] [--seconds 300]
+                                         [--threads 2] [--batch 1] [--repeats 3]
+                                         [--out benchmarks/results/inference.json]
 
 Real-time factor (RTF) = seconds of audio / seconds of wall time (higher is faster), best of
 ``--repeats`` after one warm-up run. The *FLOP bound* is what this machine could do at best for
@@ -9,8 +10,9 @@ this model: measured single-precision GEMM GFLOP/s (numpy matmul, same thread co
 the model's GFLOP per audio second (2 x ``macs_per_second``). The LSTM is a chain of small
 matrix-vector products, so real runs sit far below that bound; the table shows how far.
 
-Without ``--checkpoint`` a randomly initialised paper-size model is used (speed does not depend
-on the weights). Timings on a shared machine vary: the JSON records the load average.
+Without ``--checkpoint`` a randomly initialised model is used (speed does not depend on the
+weights): the paper's sizes, or those of a training recipe's ``[model]`` with ``--config`` -- what a
+size change costs or saves, measured before anything is trained. Timings on a shared machine vary: the JSON records the load average.
 """
 
 from __future__ import annotations
@@ -27,7 +29,9 @@ from pathlib import Path
 
 def _args() -> argparse.Namespace:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    p.add_argument("--checkpoint", type=Path, help="cusemo checkpoint (default: random paper-size model)")
+    src = p.add_mutually_exclusive_group()
+    src.add_argument("--checkpoint", type=Path, help="cusemo checkpoint (default: random paper-size model)")
+    src.add_argument("--config", help="training recipe (TOML path or name): its [model] sizes, random weights")
     p.add_argument("--seconds", type=float, default=300.0, help="audio length per call")
     p.add_argument("--threads", type=int, default=2)
     p.add_argument("--batch", type=int, default=1, help="calls per run")
@@ -49,6 +53,7 @@ from cusemo_batch.export.onnx import export_model  # noqa: E402
 from cusemo_batch.files import atomic_write_text  # noqa: E402
 from cusemo_batch.model import Model  # noqa: E402
 from cusemo_batch.training.checkpoint import load_checkpoint  # noqa: E402
+from cusemo_batch.training.config import load_config  # noqa: E402
 from cusemo_batch.training.model import CRNN, ModelConfig, macs_per_second  # noqa: E402
 
 DATA = Path(__file__).resolve().parents[2] / "shared" / "data" / "ravdess"
@@ -75,9 +80,14 @@ def main() -> None:
     torch.set_num_threads(ARGS.threads)
     if ARGS.checkpoint:
         model, meta = load_checkpoint(ARGS.checkpoint)
+        desc = "checkpoint"
     else:
         torch.manual_seed(0)
-        model, meta = CRNN(ModelConfig()).eval(), {"normalisation": "none", "name": "paper-random"}
+        recipe = load_config(ARGS.config).resolved() if ARGS.config else None
+        model = CRNN(recipe.model if recipe else ModelConfig()).eval()
+        meta = {"normalisation": recipe.data.normalisation if recipe else "none",
+                "name": f"{recipe.name}-random" if recipe else "paper-random"}
+        desc = f"{recipe.name} sizes, random init" if recipe else "paper sizes, random init"
     cfg = model.config
     n = int(round(ARGS.seconds * cfg.sample_rate))
     x = (0.1 * np.random.default_rng(0).standard_normal((ARGS.batch, n))).astype(np.float32)
@@ -126,7 +136,7 @@ def main() -> None:
     result = {
         "benchmark": "inference", "date": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
         "audio_s_per_call": ARGS.seconds, "batch": ARGS.batch, "threads": ARGS.threads,
-        "repeats": ARGS.repeats, "model": "checkpoint" if ARGS.checkpoint else "paper sizes, random init",
+        "repeats": ARGS.repeats, "model": desc,
         "model_config": cfg.to_dict(), "gflop_per_audio_s": gflop_per_audio_s,
         "gemm_gflops_fp32": gflops, "flop_bound_rtf": bound, "rows": rows,
         "max_abs_diff_vs_torch": diffs, "onnx_bytes": sizes,
@@ -153,7 +163,8 @@ def _print_table(r: dict) -> None:
     from rich.console import Console
     from rich.table import Table
 
-    t = Table(title=f"CRNN inference, {r['batch']} x {r['audio_s_per_call']:g} s audio, {r['threads']} threads")
+    t = Table(title=f"CRNN inference ({r['model']}), {r['batch']} x {r['audio_s_per_call']:g} s audio, "
+                    f"{r['threads']} threads")
     for col in ("engine", "wall s", "RTF (x real time)", "vs torch", "of FLOP bound"):
         t.add_column(col, justify="left" if col == "engine" else "right")
     for row in r["rows"]:
