@@ -175,3 +175,72 @@ def test_freq_masks_only_in_training_mode():
     with pytest.raises(ValueError, match="spec_freq_fill"):
         ModelConfig(**LOGMEL, spec_freq_masks=2, spec_freq_width=4, spec_freq_fill="noise")
     assert ModelConfig.from_dict(cfg.to_dict()) == cfg
+
+
+def test_vtlp_warp_hand_values():
+    from cusemo_batch.training.frontend import vtlp_frequencies
+
+    f = np.array([0.0, 1000.0, 3000.0, 3400.0, 4000.0])
+    np.testing.assert_allclose(vtlp_frequencies(f, 1.0, 4000.0), f)  # alpha 1: identity
+    # alpha 1.1: boundary 0.85 * 4000 / 1.1 = 3090.9 Hz; below it f * 1.1, above it the line to (4000, 4000)
+    up = vtlp_frequencies(f, 1.1, 4000.0)
+    f_b = 3400.0 / 1.1
+    assert up[:3] == pytest.approx([0.0, 1100.0, 3300.0])
+    assert up[3] == pytest.approx(4000.0 - (4000.0 - 1.1 * f_b) / (4000.0 - f_b) * (4000.0 - 3400.0))
+    assert up[4] == pytest.approx(4000.0)
+    # alpha 0.9: boundary 0.85 * 4000 * 0.9 / 0.9 = 3400 Hz, so 3400 -> 3060, Nyquist fixed
+    down = vtlp_frequencies(f, 0.9, 4000.0)
+    assert down == pytest.approx([0.0, 900.0, 2700.0, 3060.0, 4000.0])
+    grid = np.linspace(0, 4000, 401)
+    for a in (0.9, 0.95, 1.05, 1.1):  # increasing, and continuous: no step wider than the upper slope
+        w = vtlp_frequencies(grid, a, 4000.0)
+        f_b = 3400.0 * min(a, 1.0) / a
+        slope = (4000.0 - a * f_b) / (4000.0 - f_b)  # 1.57 for 0.9, below 1 for alpha > 1
+        assert (np.diff(w) > 0).all() and np.diff(w).max() <= 10 * max(a, slope) + 1e-9
+
+
+def test_warped_filterbank_moves_a_formant_by_alpha():
+    fb = mel_filterbank(SR, 256, 40)
+    np.testing.assert_array_equal(mel_filterbank(SR, 256, 40, warp=1.0), fb)
+    tone = np.zeros(129)
+    tone[32] = 1.0  # 1000 Hz
+    # alpha 1.1 reads 1000 Hz where the plain filterbank reads 1100 Hz (bin 35.2)
+    warped = mel_filterbank(SR, 256, 40, warp=1.1) @ tone
+    plain_1100 = np.array([np.interp(1100.0, np.arange(129) * SR / 256, fb[m]) for m in range(40)])
+    np.testing.assert_allclose(warped, plain_1100, atol=1e-12)
+
+
+def test_vtlp_only_in_training_mode_and_not_in_the_checkpoint():
+    cfg = ModelConfig(**LOGMEL, conv_norm="batch", vtlp_warp=0.1)
+    plain = ModelConfig(**LOGMEL, conv_norm="batch")
+    torch.manual_seed(0)
+    model, ref = CRNN(cfg), CRNN(plain)
+    assert model.state_dict().keys() == ref.state_dict().keys()  # the warped banks are not saved
+    ref.load_state_dict(model.state_dict())
+    x = 0.05 * torch.randn(3, 8000)
+    model.eval(), ref.eval()
+    torch.testing.assert_close(model(x), ref(x), rtol=0, atol=0)  # eval (and every export): plain front end
+    fe = model.frontend
+    fe.train()
+    torch.manual_seed(1)
+    a = fe(x[:, None])
+    torch.manual_seed(1)
+    b = fe(x[:, None])
+    torch.testing.assert_close(a, b, rtol=0, atol=0)  # seeded: a run is reproducible
+    with torch.no_grad():
+        plain_out = ref.frontend(x[:, None])
+        # each row went through one of the 21 filterbanks; the middle one (alpha = 1) is the plain one
+        banks = [torch.log(torch.einsum("mk,bkt->bmt", fe.mel_warped[i],
+                                        nn_power(fe, x[:, None])) / 1e-8 + 1.0) for i in range(21)]
+    torch.testing.assert_close(banks[10], plain_out, rtol=1e-5, atol=1e-5)
+    for r in range(3):
+        assert any(torch.allclose(a[r], bank[r], rtol=1e-5, atol=1e-5) for bank in banks)
+    with pytest.raises(ValueError, match="logmel"):
+        ModelConfig(vtlp_warp=0.1)
+    with pytest.raises(ValueError, match="vtlp_warp"):
+        ModelConfig(**LOGMEL, vtlp_warp=0.6)
+
+
+def nn_power(fe: LogMelFrontend, x: torch.Tensor) -> torch.Tensor:
+    spec = torch.nn.functional.conv1d(x, fe.dft, stride=fe.stride)
+    return spec[:, :129] ** 2 + spec[:, 129:] ** 2

@@ -24,6 +24,12 @@ import torch
 from torch import nn
 
 POWER_FLOOR = 1e-8  # -80 dB re the power of a full-scale sine in its bin (see the module doc)
+# Vocal-tract-length perturbation: warp factors are drawn from this many values evenly spaced over
+# [1 - w, 1 + w] (a 0.01 step for w = 0.1), one precomputed filterbank each.
+VTLP_STEPS = 21
+# Above this share of the Nyquist frequency the warp bends back so that the band edge stays put
+# (0.85 x 4 kHz = 3.4 kHz at 8 kHz, the telephone band's top).
+VTLP_BOUNDARY = 0.85
 
 
 def hz_to_mel(f: np.ndarray | float) -> np.ndarray:
@@ -35,17 +41,35 @@ def mel_to_hz(m: np.ndarray | float) -> np.ndarray:
     return 700.0 * (10.0 ** (np.asarray(m, dtype=np.float64) / 2595.0) - 1.0)
 
 
-def mel_filterbank(sample_rate: int, n_fft: int, n_mels: int) -> np.ndarray:
+def vtlp_frequencies(freqs: np.ndarray, alpha: float, nyquist: float, boundary: float = VTLP_BOUNDARY) -> np.ndarray:
+    """Vocal-tract-length warp of frequencies (Jaitly & Hinton 2013, eq. 1; Kaldi's VTLN warp).
+
+    ``f -> alpha * f`` up to ``f_b = boundary * nyquist * min(alpha, 1) / alpha``, then the straight
+    line from ``(f_b, alpha * f_b)`` to ``(nyquist, nyquist)``: continuous, increasing, 0 and the
+    Nyquist frequency fixed. ``alpha > 1`` reads a component at ``f`` where a shorter vocal tract
+    would put it (formants up by ``alpha``), ``alpha < 1`` a longer one.
+    """
+    f = np.asarray(freqs, dtype=np.float64)
+    f_b = boundary * nyquist * min(alpha, 1.0) / alpha
+    upper = nyquist - (nyquist - alpha * f_b) / (nyquist - f_b) * (nyquist - f)
+    return np.where(f <= f_b, alpha * f, upper)
+
+
+def mel_filterbank(sample_rate: int, n_fft: int, n_mels: int, warp: float = 1.0) -> np.ndarray:
     """Triangular mel filters ``[n_mels, n_fft // 2 + 1]`` over 0..sample_rate/2 (HTK, peak 1).
 
     Band ``m`` rises from edge ``m`` to edge ``m + 1`` and falls to edge ``m + 2`` of ``n_mels + 2``
     edges equally spaced in mel; each DFT bin is weighted at its centre frequency. Unnormalised
     (peak 1), as HTK and Kaldi: the log and the batch norm after the first conv make a per-band
     scale irrelevant, and peak 1 keeps a pure tone's band value equal to its bin power.
+    ``warp`` != 1 evaluates the triangles at the bins' :func:`vtlp_frequencies` (training-time
+    speaker augmentation, :class:`LogMelFrontend`).
     """
     if n_mels < 1 or n_fft < 2:
         raise ValueError("need n_mels >= 1 and n_fft >= 2")
     freqs = np.arange(n_fft // 2 + 1) * sample_rate / n_fft
+    if warp != 1.0:
+        freqs = vtlp_frequencies(freqs, warp, sample_rate / 2)
     edges = mel_to_hz(np.linspace(0.0, hz_to_mel(sample_rate / 2), n_mels + 2))
     lo, mid, hi = edges[:-2, None], edges[1:-1, None], edges[2:, None]
     rise = (freqs[None, :] - lo) / (mid - lo)
@@ -74,21 +98,39 @@ class LogMelFrontend(nn.Module):
 
     The weights are buffers: fixed, saved with the checkpoint (so a loaded model needs no
     recomputation to be exact) and never trained.
+
+    ``vtlp_warp`` = w > 0, in training mode only: each row of a batch is read through the mel
+    filterbank of a warp factor drawn uniformly from :data:`VTLP_STEPS` values over [1 - w, 1 + w]
+    (torch's generator, seeded per training seed) -- vocal-tract-length perturbation, the formants
+    of a shorter or longer vocal tract with the pitch and the tempo unchanged (unlike speed
+    perturbation, which moves all three). The warped filterbanks are a non-persistent buffer: the
+    checkpoint, eval mode and every export are those of the plain front end.
     """
 
-    def __init__(self, sample_rate: int, n_fft: int, stride: int, n_mels: int) -> None:
+    def __init__(self, sample_rate: int, n_fft: int, stride: int, n_mels: int, vtlp_warp: float = 0.0) -> None:
         super().__init__()
         self.stride = stride
         self.n_fft = n_fft
+        self.vtlp_warp = vtlp_warp
         dft = dft_kernels(n_fft)
         fb = mel_filterbank(sample_rate, n_fft, n_mels)
         self.register_buffer("dft", torch.tensor(dft[:, None, :], dtype=torch.float32))
         # power = re^2 + im^2 and mel = fb @ power in one map over the squared cos and sin rows
         self.register_buffer("mel", torch.tensor(np.concatenate([fb, fb], axis=1)[:, :, None], dtype=torch.float32))
+        if vtlp_warp > 0:
+            alphas = np.linspace(1.0 - vtlp_warp, 1.0 + vtlp_warp, VTLP_STEPS)
+            warped = np.stack([mel_filterbank(sample_rate, n_fft, n_mels, warp=a) for a in alphas])
+            self.register_buffer("mel_warped", torch.tensor(warped, dtype=torch.float32), persistent=False)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         spec = nn.functional.conv1d(x, self.dft, stride=self.stride)
-        mel = nn.functional.conv1d(spec * spec, self.mel)
+        if self.training and self.vtlp_warp > 0:
+            bins = spec.shape[1] // 2
+            power = spec[:, :bins] ** 2 + spec[:, bins:] ** 2  # [B, bins, frames]
+            pick = torch.randint(self.mel_warped.shape[0], (x.shape[0],), device=x.device)
+            mel = torch.bmm(self.mel_warped[pick], power)
+        else:
+            mel = nn.functional.conv1d(spec * spec, self.mel)
         return torch.log(mel * (1.0 / POWER_FLOOR) + 1.0)
 
     def frames(self, samples: torch.Tensor) -> torch.Tensor:

@@ -29,7 +29,8 @@ class CRNN(nn.Module):
     def __init__(self, config: ModelConfig = ModelConfig()) -> None:
         super().__init__()
         self.config = config
-        self.frontend = (LogMelFrontend(config.sample_rate, config.n_fft, config.frontend_stride, config.n_mels)
+        self.frontend = (LogMelFrontend(config.sample_rate, config.n_fft, config.frontend_stride, config.n_mels,
+                                        vtlp_warp=config.vtlp_warp)
                          if config.frontend == "logmel" else None)
         blocks: list[nn.Module] = []
         in_ch = config.in_channels

@@ -63,6 +63,12 @@ class ModelConfig:
     # values far below any speech into the first batch norm's training statistics: dev fell from
     # ~0.33 to ~0.25, MODEL_CARD.md).
     spec_freq_fill: str = "mean"
+    # logmel, training only (as the masks): vocal-tract-length perturbation (Jaitly & Hinton, 2013),
+    # each training row read through a mel filterbank whose frequency axis is scaled by a factor
+    # drawn from [1 - vtlp_warp, 1 + vtlp_warp] (training/frontend.py). Why: 15 training voices,
+    # and a network that ties arousal or valence to one voice's formant scale misreads the next
+    # voice; unlike speed perturbation (v8: valence fell) it leaves pitch and tempo alone. 0 = off.
+    vtlp_warp: float = 0.0
 
     def __post_init__(self) -> None:
         n = len(self.conv_channels)
@@ -85,6 +91,10 @@ class ModelConfig:
                 raise ValueError("spec_freq_masks needs the logmel front end (it masks mel bands)")
             if self.spec_freq_width > self.n_mels:
                 raise ValueError(f"spec_freq_width {self.spec_freq_width} exceeds n_mels {self.n_mels}")
+        if not 0.0 <= self.vtlp_warp < 0.5:
+            raise ValueError(f"vtlp_warp must be in [0, 0.5), not {self.vtlp_warp}")
+        if self.vtlp_warp and self.frontend != "logmel":
+            raise ValueError("vtlp_warp needs the logmel front end (it warps the mel filterbank)")
         if self.outputs[:2] != ("valence", "arousal"):
             raise ValueError("the first two outputs must be valence and arousal")
 
