@@ -67,7 +67,8 @@ class ModelConfig:
     # each training row read through a mel filterbank whose frequency axis is scaled by a factor
     # drawn from [1 - vtlp_warp, 1 + vtlp_warp] (training/frontend.py). Why: 15 training voices,
     # and a network that ties arousal or valence to one voice's formant scale misreads the next
-    # voice; unlike speed perturbation (v8: valence fell) it leaves pitch and tempo alone. 0 = off.
+    # voice; unlike speed perturbation (v8: valence fell) it leaves pitch and tempo alone. 0 = off,
+    # the default recipe's too: the v25 candidate (0.1) lost on dev and on BAVED (MODEL_CARD.md).
     vtlp_warp: float = 0.0
 
     def __post_init__(self) -> None:
