@@ -27,8 +27,10 @@ class SpeakerAudio:
     time_map: silence.TimeMap
     speech: np.ndarray  # VAD frames (bool) in original time
     duration_s: float  # original
-    input_level_dbfs: float = float("nan")  # active-speech level of `audio` before the normalisation
-    clipped_fraction: float = float("nan")  # share of `audio`'s samples at full scale before it
+    # the line as it arrived, for the calls table; None (null there, as in rows scored before schema
+    # 4) when the track was not measured
+    input_level_dbfs: float | None = None  # active-speech level of `audio` before the normalisation
+    clipped_fraction: float | None = None  # share of `audio`'s samples at full scale before it
 
 
 def speaker_windows(call_id: str, item: SpeakerAudio, frames: dict[str, np.ndarray], outputs: Sequence[str],
