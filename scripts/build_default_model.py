@@ -118,8 +118,10 @@ def main() -> None:
     check = [x for f in test_audio for x in ("--check-audio", f)]
     sh("export", str(best), "-o", str(fp32), *check)
     # int8 convolutions (opt-in) calibrated on training-split speech, never the test split
-    calib = [x for cid in sorted(c for c, s in split.items() if s == "train")[:20] if a.int8_convs
-             for x in ("--calibration-audio", str(corpus / "audio" / f"{cid}.flac"))]
+    calib: list[str] = []
+    if a.int8_convs:
+        train_ids = sorted(cid for cid, s in split.items() if s == "train")[:20]
+        calib = [x for cid in train_ids for x in ("--calibration-audio", str(corpus / "audio" / f"{cid}.flac"))]
     sh("export", str(best), "-o", str(int8), "--quantize", "int8", "--no-check", "--int8-weights", a.int8_weights,
        *calib)
 
