@@ -93,6 +93,11 @@ class LossConfig:
     # CCC alone is blind to a prediction that is right in shape but offset or squashed on short
     # segments; a small MSE term anchors the scale (End2You and AVEC systems use CCC + MSE).
     mse_weight: float = 0.0
+    # Speaker-adversarial training (training/adversary.py): a classifier names each segment's
+    # training speaker from the LSTM output, its gradient reversed times this weight into the
+    # network, so the network is pushed away from features that identify the voice. 0 = off (no
+    # head is built; checkpoints and exports are the same either way).
+    speaker_adversary: float = 0.0
 
 
 @dataclass(frozen=True)
@@ -180,8 +185,8 @@ def validate(cfg: Config) -> None:
         raise ConfigError("[train] lstm_lr_factor must be in (0, 1]")
     if t.select_on not in ("valence", "arousal", "mean"):
         raise ConfigError("[train] select_on must be valence, arousal or mean")
-    if cfg.loss.alpha < 0 or cfg.loss.beta < 0 or cfg.loss.mse_weight < 0:
-        raise ConfigError("[loss] alpha, beta and mse_weight must be >= 0")
+    if cfg.loss.alpha < 0 or cfg.loss.beta < 0 or cfg.loss.mse_weight < 0 or cfg.loss.speaker_adversary < 0:
+        raise ConfigError("[loss] alpha, beta, mse_weight and speaker_adversary must be >= 0")
     if t.plateau_factor and (not 0 < t.plateau_factor < 1 or t.plateau_patience < 1):
         raise ConfigError("[train] plateau_factor must be in (0, 1) (0 = off) and plateau_patience >= 1")
     if not 0 <= t.ema_decay < 1:

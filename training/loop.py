@@ -29,6 +29,7 @@ import torch
 
 from cusemo_batch.files import atomic_write_text
 
+from .adversary import SpeakerAdversary, segment_speakers, speaker_ids
 from .checkpoint import load_checkpoint, save_checkpoint
 from .config import Config
 from .corpus import Corpus, read_corpus
@@ -105,10 +106,19 @@ def read_call_list(path: str | Path) -> list[str]:
             if line.strip() and not line.startswith("#")]
 
 
-def batch_loss(model: CRNN, pool: Pooler, batch: dict[str, np.ndarray], cfg: Config) -> tuple[torch.Tensor, dict]:
+def batch_loss(model: CRNN, pool: Pooler, batch: dict[str, np.ndarray], cfg: Config,
+               adversary: SpeakerAdversary | None = None) -> tuple[torch.Tensor, dict]:
+    """Eq. 3's loss of one batch, plus the speaker adversary's cross-entropy when there is one
+    (``batch["speaker"]``: each row's training-speaker class)."""
     audio = torch.from_numpy(batch["audio"])
     mask = torch.from_numpy(batch["mask"])
-    frames = model(audio, torch.from_numpy(batch["lengths"]))
+    lengths = torch.from_numpy(batch["lengths"])
+    if adversary is None:
+        frames = model(audio, lengths)
+    else:
+        frames, seq = model(audio, lengths, return_hidden=True)
+        l_speaker = adversary.loss(seq, torch.div(lengths, model.config.hop, rounding_mode="floor"),
+                                   torch.from_numpy(batch["speaker"]))
     bins = pool(frames, mask.shape[1])
     w = cfg.loss.mse_weight
     lv = ccc_loss(bins[..., 0], torch.from_numpy(batch["valence"]), mask, mse_weight=w)
@@ -124,6 +134,10 @@ def batch_loss(model: CRNN, pool: Pooler, batch: dict[str, np.ndarray], cfg: Con
         l_beta = bce_loss(logits, torch.from_numpy(batch["beta"]))
     loss = total_loss(lv, la, l_alpha, l_beta, cfg.loss.alpha, cfg.loss.beta)
     parts = {"valence": float(lv.detach()), "arousal": float(la.detach())}
+    if adversary is not None:
+        # the head minimises this at the full rate; the network gets its gradient reversed (x weight)
+        loss = loss + l_speaker
+        parts["speaker"] = float(l_speaker.detach())
     if l_alpha is not None:
         parts["alpha"] = float(l_alpha.detach())
     if l_beta is not None:
@@ -131,14 +145,19 @@ def batch_loss(model: CRNN, pool: Pooler, batch: dict[str, np.ndarray], cfg: Con
     return loss, parts
 
 
-def _optimizer(model: CRNN, lr: float, lstm_lr_factor: float) -> torch.optim.Adam:
-    """Adam with the LSTM in its own parameter group (``lr_factor`` scales its learning rate)."""
+def _optimizer(model: CRNN, lr: float, lstm_lr_factor: float,
+               adversary: SpeakerAdversary | None = None) -> torch.optim.Adam:
+    """Adam with the LSTM in its own parameter group (``lr_factor`` scales its learning rate), and
+    the speaker adversary's head in a third when there is one."""
     lstm = list(model.lstm.parameters())
     ids = {id(p) for p in lstm}
-    return torch.optim.Adam([
+    groups = [
         {"params": [p for p in model.parameters() if id(p) not in ids], "lr": lr, "lr_factor": 1.0},
         {"params": lstm, "lr": lr * lstm_lr_factor, "lr_factor": lstm_lr_factor},
-    ], lr=lr)
+    ]
+    if adversary is not None:
+        groups.append({"params": list(adversary.parameters()), "lr": lr, "lr_factor": 1.0})
+    return torch.optim.Adam(groups, lr=lr)
 
 
 def _select(metrics: dict, on: str) -> float:
@@ -191,11 +210,18 @@ class _SeedModel:
     One owner for what a collapse restart replaces together (model, optimiser, EMA, step count).
     """
 
-    def __init__(self, cfg: Config, model: CRNN | None = None, lr: float | None = None) -> None:
+    def __init__(self, cfg: Config, model: CRNN | None = None, lr: float | None = None,
+                 speakers: dict[int, int] | None = None) -> None:
         self.cfg = cfg
         self.model = model if model is not None else CRNN(cfg.model)
         self.lr = cfg.train.lr if lr is None else lr
-        self.opt = _optimizer(self.model, self.lr, cfg.train.lstm_lr_factor)
+        # call index -> training-speaker class; the adversary (built after the network, so a recipe
+        # without it draws the same initial weights) exists only with [loss] speaker_adversary > 0
+        self.speakers = speakers or {}
+        self.adversary = (SpeakerAdversary(cfg.model.lstm_hidden, len(set(self.speakers.values())),
+                                           cfg.loss.speaker_adversary)
+                          if cfg.loss.speaker_adversary > 0 else None)
+        self.opt = _optimizer(self.model, self.lr, cfg.train.lstm_lr_factor, self.adversary)
         self.ema = _ema(self.model, cfg.train.ema_decay)
         self.step = 0
 
@@ -248,14 +274,19 @@ def _train_epoch(sm: _SeedModel, prep: Prepared, segments: list, train_idx: list
     """One pass over the training segments (batch order, augmentation and cuts drawn from the seed's rngs)."""
     cfg = prep.cfg
     sm.model.train()
+    if sm.adversary is not None:
+        sm.adversary.train()
     batches = _batches(segments, cfg.train.batch_size, rng, by_length=cfg.model.conv_norm == "batch")
     line_audio = augment_calls(prep.calls, train_idx, cfg, aug_rng)
     if cfg.train.max_batches_per_epoch:
         batches = batches[: cfg.train.max_batches_per_epoch]
     losses = []
     for b in batches:
-        batch = batch_arrays([segments[i] for i in b], prep.calls, cfg, rng, line_audio)
-        loss, _ = batch_loss(sm.model, pool, batch, cfg)
+        segs = [segments[i] for i in b]
+        batch = batch_arrays(segs, prep.calls, cfg, rng, line_audio)
+        if sm.adversary is not None:
+            batch["speaker"] = segment_speakers([s.call for s in segs], sm.speakers)
+        loss, _ = batch_loss(sm.model, pool, batch, cfg, sm.adversary)
         sm.train_step(loss)
         losses.append(float(loss.detach()))
         progress(1)
@@ -275,7 +306,9 @@ def _seed_setup(prep: Prepared, seed: int, out_dir: Path, threads: int | None
     aug_rng = np.random.default_rng([seed, 1])
     if threads or cfg.train.threads:
         torch.set_num_threads(threads or cfg.train.threads)
-    sm = _SeedModel(cfg)
+    speakers = (speaker_ids([c.group for c in prep.calls], prep.indices("train"))
+                if cfg.loss.speaker_adversary > 0 else None)
+    sm = _SeedModel(cfg, speakers=speakers)
     pool = Pooler(1 / cfg.model.frame_rate, cfg.data.label_rate_ms / 1000)
     return rng, aug_rng, sm, pool
 
@@ -374,7 +407,7 @@ def _restart(sm: _SeedModel, sched: _Schedule, out_dir: Path) -> _SeedModel:
         model.load_state_dict(load_checkpoint(out_dir / "best.pt")[0].state_dict())
     else:
         model = CRNN(cfg.model)  # collapsed before any usable epoch: fresh weights
-    return _SeedModel(cfg, model, lr)
+    return _SeedModel(cfg, model, lr, sm.speakers)
 
 
 def _checkpoint_meta(prep: Prepared, seed: int) -> dict:

@@ -56,18 +56,22 @@ class CRNN(nn.Module):
         if config.lstm_init == "orthogonal":
             _orthogonal_lstm_init(self.lstm)
 
-    def forward(self, audio: torch.Tensor, lengths: torch.Tensor | None = None) -> torch.Tensor:
+    def forward(self, audio: torch.Tensor, lengths: torch.Tensor | None = None,
+                return_hidden: bool = False) -> torch.Tensor | tuple[torch.Tensor, torch.Tensor]:
         """Whole-call pass on an unpadded waveform ``[batch, samples]``.
 
         ``lengths`` (samples of real audio per row of a zero-padded training batch) keeps the
         padding out of the batch-norm statistics; it changes nothing else and nothing in eval mode.
+        ``return_hidden``: also return the LSTM output ``[batch, frames, hidden]`` the MLP reads
+        (for training-only heads such as the speaker adversary, :mod:`.adversary`).
         """
         c = self.config
         padded = nn.functional.pad(audio, (c.pad_left, c.pad_right))
         # the positions a lone pass over each row would see: its samples plus the model's own padding
         valid = None if lengths is None else lengths + c.pad_left + c.pad_right
-        out, _ = self.forward_padded(padded, valid=valid)
-        return out
+        seq, _ = self._encode(padded, None, valid)
+        out = self.mlp(seq)
+        return (out, seq) if return_hidden else out
 
     def forward_padded(
         self,
@@ -80,6 +84,16 @@ class CRNN(nn.Module):
         Returns per-frame outputs and the LSTM state ``(h, c)``, each ``[layers, batch, hidden]``.
         ``valid``: leading input samples of each row that are not batch padding (see :meth:`forward`).
         """
+        seq, new_state = self._encode(padded, state, valid)
+        return self.mlp(seq), new_state
+
+    def _encode(
+        self,
+        padded: torch.Tensor,
+        state: tuple[torch.Tensor, torch.Tensor] | None,
+        valid: torch.Tensor | None,
+    ) -> tuple[torch.Tensor, tuple[torch.Tensor, torch.Tensor]]:
+        """Front end, conv blocks and LSTM: the LSTM output ``[B, frames, hidden]`` and its state."""
         feats = padded.unsqueeze(1)
         if self.frontend is not None:
             feats = self.frontend(feats)
@@ -100,8 +114,7 @@ class CRNN(nn.Module):
                 else:
                     feats = layer(feats)
         feats = feats.transpose(1, 2)  # [B, frames, channels]
-        seq, new_state = self.lstm(feats, state)
-        return self.mlp(seq), new_state
+        return self.lstm(feats, state)
 
     def n_params(self) -> int:
         return sum(p.numel() for p in self.parameters())

@@ -1,0 +1,117 @@
+"""Speaker-adversarial training: the reversal, the pooling, the head's place beside the network."""
+
+import numpy as np
+import pytest
+import torch
+
+from cusemo_batch.training.adversary import (SpeakerAdversary, masked_time_mean, reverse_gradient,
+                                             segment_speakers, speaker_ids)
+from cusemo_batch.training.checkpoint import load_checkpoint
+from cusemo_batch.training.config import Config, ConfigError
+from cusemo_batch.training.data import batch_arrays, make_segments
+from cusemo_batch.training.evaluation import Pooler
+from cusemo_batch.training.loop import batch_loss, prepare, train_seed
+from cusemo_batch.training.model import CRNN
+
+SMALL = {"conv_channels": [8, 16, 16], "lstm_hidden": 32, "mlp_sizes": [32, 16]}
+# two of the tiny corpus's three speakers train (the adversary needs at least two), one is dev
+TWO_TRAIN = {"segment_s": 10, "split": [2 / 3, 1 / 3, 0.0]}
+
+
+def test_reverse_gradient_is_identity_forward_and_flips_backward():
+    x = torch.tensor([1.0, -2.0, 3.0], requires_grad=True)
+    c = torch.tensor([0.5, 2.0, -1.0])
+    y = reverse_gradient(x, 0.3)
+    assert torch.equal(y, x)
+    (y * c).sum().backward()
+    assert torch.allclose(x.grad, torch.tensor([-0.15, -0.6, 0.3]))
+
+
+def test_masked_time_mean_skips_padding():
+    seq = torch.arange(2 * 4 * 3, dtype=torch.float32).reshape(2, 4, 3)
+    got = masked_time_mean(seq, torch.tensor([2, 4]))
+    want = np.stack([seq[0, :2].numpy().mean(0), seq[1].numpy().mean(0)])
+    np.testing.assert_allclose(got.numpy(), want)
+
+
+def test_speaker_ids_number_training_speakers_in_sorted_order():
+    groups = ["b", "a", "c", "b", "a"]
+    ids = speaker_ids(groups, [0, 1, 3, 4])  # "c" is not a training call
+    assert ids == {0: 1, 1: 0, 3: 1, 4: 0}
+    assert segment_speakers([4, 0, 0], ids).tolist() == [0, 1, 1]
+    assert segment_speakers([4], ids).dtype == np.int64
+
+
+def test_adversary_needs_two_speakers_and_a_non_negative_weight():
+    with pytest.raises(ValueError, match="at least 2"):
+        SpeakerAdversary(32, 1, 0.1)
+    with pytest.raises(ConfigError, match="speaker_adversary"):
+        Config().with_overrides(loss={"speaker_adversary": -0.1})
+
+
+def _batch(tiny_corpus, weight: float):
+    cfg = Config().with_overrides(model=SMALL, data=TWO_TRAIN, loss={"speaker_adversary": weight})
+    prep = prepare(tiny_corpus, cfg)
+    train = prep.indices("train")
+    ids = speaker_ids([c.group for c in prep.calls], train)
+    segs = make_segments(prep.calls, train, prep.cfg)[:4]
+    batch = batch_arrays(segs, prep.calls, prep.cfg)
+    batch["speaker"] = segment_speakers([s.call for s in segs], ids)
+    return prep, batch, len(set(ids.values()))
+
+
+def test_speaker_loss_reaches_the_network_reversed_and_scaled(tiny_corpus):
+    prep, batch, n = _batch(tiny_corpus, 0.25)
+    assert n == 2 and set(batch["speaker"].tolist()) <= {0, 1}
+    torch.manual_seed(0)
+    model = CRNN(prep.cfg.model).eval()
+    head = SpeakerAdversary(prep.cfg.model.lstm_hidden, n, 0.25)
+    audio, lengths = torch.from_numpy(batch["audio"]), torch.from_numpy(batch["lengths"])
+    frames = lengths // prep.cfg.model.hop
+    target = torch.from_numpy(batch["speaker"])
+
+    def grads(weight: float) -> tuple[list[torch.Tensor], list[torch.Tensor]]:
+        model.zero_grad(), head.zero_grad()
+        head.weight = weight
+        _, seq = model(audio, lengths, return_hidden=True)
+        head.loss(seq, frames, target).backward()
+        return ([p.grad.clone() for p in model.parameters() if p.grad is not None],
+                [p.grad.clone() for p in head.parameters()])
+
+    net_rev, head_rev = grads(0.25)
+    net_plain, head_plain = grads(-1.0)  # reversing by -1 is the plain gradient
+    assert net_rev and len(net_rev) == len(net_plain)
+    for a, b in zip(net_rev, net_plain):
+        torch.testing.assert_close(a, -0.25 * b)
+    for a, b in zip(head_rev, head_plain):  # the head itself learns at the full rate
+        torch.testing.assert_close(a, b)
+    assert any(float(g.abs().max()) > 0 for g in net_rev)
+
+
+def test_batch_loss_adds_the_speaker_term(tiny_corpus):
+    prep, batch, n = _batch(tiny_corpus, 0.1)
+    torch.manual_seed(0)
+    model = CRNN(prep.cfg.model).eval()
+    head = SpeakerAdversary(prep.cfg.model.lstm_hidden, n, 0.1)
+    pool = Pooler(1 / 32, 0.5)
+    loss, parts = batch_loss(model, pool, batch, prep.cfg, head)
+    plain, plain_parts = batch_loss(model, pool, batch, prep.cfg)
+    assert parts["speaker"] > 0 and "speaker" not in plain_parts
+    assert float(loss.detach()) == pytest.approx(float(plain.detach()) + parts["speaker"], rel=1e-6)
+
+
+def test_a_run_with_the_adversary_stores_a_plain_network(tiny_corpus, tmp_path):
+    torch.set_num_threads(1)
+    cfg = Config().with_overrides(model=SMALL, data=TWO_TRAIN, loss={"speaker_adversary": 0.1},
+                                  train={"lr": 1e-3, "epochs": 1, "seeds": [0], "max_batches_per_epoch": 2})
+    prep = prepare(tiny_corpus, cfg)
+    result = train_seed(prep, 0, tmp_path / "adv", log=lambda m: None)
+    assert result["epochs_run"] == 1
+    model, meta = load_checkpoint(tmp_path / "adv" / "best.pt")
+    assert set(model.state_dict()) == set(CRNN(prep.cfg.model).state_dict())  # no head in the checkpoint
+    assert meta["config"]["loss"]["speaker_adversary"] == 0.1
+    # the head changed the training: same seed without it ends elsewhere
+    plain = cfg.with_overrides(loss={"speaker_adversary": 0.0})
+    train_seed(prepare(tiny_corpus, plain), 0, tmp_path / "plain", log=lambda m: None)
+    other = load_checkpoint(tmp_path / "plain" / "best.pt")[0]
+    assert any(not torch.equal(a, b) for a, b in zip(model.state_dict().values(), other.state_dict().values()))

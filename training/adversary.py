@@ -1,0 +1,81 @@
+"""Speaker-adversarial training: a speaker classifier behind a gradient-reversal layer.
+
+Why: the default recipe learns from ~15 voices, and on dev its arousal carries per-speaker offsets
+(up to -0.37 for one held-out actor, v21 seed 42): part of what the network uses for "aroused" is
+*who* is speaking. A classifier that tries to name the training speaker from the LSTM's output,
+with its gradient reversed (times ``weight``) on the way into the network (Ganin & Lempitsky 2015;
+for emotion, e.g. Li et al., ICASSP 2019), pushes the network towards features that do not name
+the speaker. The classifier itself learns at the full rate, so the pressure follows what speaker
+information is actually left.
+
+The head lives beside the network, not in it: the checkpoint, the weight average, the export and
+the scorer never see it (``[loss] speaker_adversary = 0`` -- the default -- builds nothing).
+Speakers are the training calls' groups (``[data] group_by``: the ``speaker`` context column).
+"""
+
+from __future__ import annotations
+
+from typing import Sequence
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+#: Width of the classifier's hidden layer (one ReLU layer: enough to read identity from a pooled
+#: LSTM state, small beside the 1.3 M-parameter network).
+HIDDEN = 128
+
+
+class _Reverse(torch.autograd.Function):
+    """Identity forward; the gradient times ``-weight`` backward."""
+
+    @staticmethod
+    def forward(ctx, x: torch.Tensor, weight: float) -> torch.Tensor:  # type: ignore[override]
+        ctx.weight = weight
+        return x.view_as(x)
+
+    @staticmethod
+    def backward(ctx, grad: torch.Tensor) -> tuple[torch.Tensor, None]:  # type: ignore[override]
+        return -ctx.weight * grad, None
+
+
+def reverse_gradient(x: torch.Tensor, weight: float) -> torch.Tensor:
+    """``x`` unchanged; gradients flowing back through it are multiplied by ``-weight``."""
+    return _Reverse.apply(x, weight)
+
+
+def masked_time_mean(seq: torch.Tensor, frames: torch.Tensor) -> torch.Tensor:
+    """Mean of ``seq`` [B, T, H] over each row's first ``frames[b]`` steps (batch padding excluded)."""
+    t = seq.shape[1]
+    n = frames.clamp(min=1, max=t).to(seq.dtype)
+    inside = (torch.arange(t, device=seq.device)[None, :] < n[:, None]).to(seq.dtype)
+    return (seq * inside[..., None]).sum(1) / n[:, None]
+
+
+class SpeakerAdversary(nn.Module):
+    """Names the training speaker of each segment from the time-mean of the network's LSTM output."""
+
+    def __init__(self, hidden_size: int, n_speakers: int, weight: float) -> None:
+        super().__init__()
+        if n_speakers < 2:
+            raise ValueError("speaker-adversarial training needs at least 2 training speakers")
+        self.weight = float(weight)
+        self.head = nn.Sequential(nn.Linear(hidden_size, HIDDEN), nn.ReLU(), nn.Linear(HIDDEN, n_speakers))
+
+    def loss(self, seq: torch.Tensor, frames: torch.Tensor, speaker: torch.Tensor) -> torch.Tensor:
+        """Cross-entropy of the speaker prediction; its gradient reaches ``seq`` reversed."""
+        pooled = masked_time_mean(reverse_gradient(seq, self.weight), frames)
+        return F.cross_entropy(self.head(pooled), speaker)
+
+
+def speaker_ids(groups: Sequence[str], train_indices: Sequence[int]) -> dict[int, int]:
+    """Call index -> class index of its speaker, over the training calls (classes in sorted order)."""
+    names = sorted({groups[i] for i in train_indices})
+    index = {g: k for k, g in enumerate(names)}
+    return {i: index[groups[i]] for i in train_indices}
+
+
+def segment_speakers(call_indices: Sequence[int], ids: dict[int, int]) -> np.ndarray:
+    """The speaker class of each segment's call, as the int64 targets cross-entropy wants."""
+    return np.array([ids[i] for i in call_indices], np.int64)
