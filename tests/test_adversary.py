@@ -1,5 +1,7 @@
 """Speaker-adversarial training: the reversal, the pooling, the head's place beside the network."""
 
+import json
+
 import numpy as np
 import pytest
 import torch
@@ -10,7 +12,7 @@ from cusemo_batch.training.checkpoint import load_checkpoint
 from cusemo_batch.training.config import Config, ConfigError
 from cusemo_batch.training.data import batch_arrays, make_segments
 from cusemo_batch.training.evaluation import Pooler
-from cusemo_batch.training.loop import batch_loss, prepare, train_seed
+from cusemo_batch.training.loop import _SeedModel, batch_loss, prepare, train_seed
 from cusemo_batch.training.model import CRNN
 
 SMALL = {"conv_channels": [8, 16, 16], "lstm_hidden": 32, "mlp_sizes": [32, 16]}
@@ -110,8 +112,25 @@ def test_a_run_with_the_adversary_stores_a_plain_network(tiny_corpus, tmp_path):
     model, meta = load_checkpoint(tmp_path / "adv" / "best.pt")
     assert set(model.state_dict()) == set(CRNN(prep.cfg.model).state_dict())  # no head in the checkpoint
     assert meta["config"]["loss"]["speaker_adversary"] == 0.1
+    record = json.loads((tmp_path / "adv" / "metrics.jsonl").read_text().splitlines()[0])
+    assert 0 < record["speaker_loss"] < record["train_loss"]  # the head's cross-entropy is logged
     # the head changed the training: same seed without it ends elsewhere
     plain = cfg.with_overrides(loss={"speaker_adversary": 0.0})
     train_seed(prepare(tiny_corpus, plain), 0, tmp_path / "plain", log=lambda m: None)
     other = load_checkpoint(tmp_path / "plain" / "best.pt")[0]
     assert any(not torch.equal(a, b) for a, b in zip(model.state_dict().values(), other.state_dict().values()))
+
+
+def test_the_head_learns_at_its_own_rate_and_follows_warm_up(tiny_corpus):
+    cfg = Config().with_overrides(model=SMALL, data=TWO_TRAIN, train={"lr": 1e-4, "warmup_steps": 4},
+                                  loss={"speaker_adversary": 0.3, "speaker_adversary_lr_factor": 50.0})
+    prep = prepare(tiny_corpus, cfg)
+    sm = _SeedModel(prep.cfg, speakers=speaker_ids([c.group for c in prep.calls], prep.indices("train")))
+    head_group = sm.opt.param_groups[-1]
+    assert {id(p) for p in head_group["params"]} == {id(p) for p in sm.adversary.parameters()}
+    assert head_group["lr"] == pytest.approx(5e-3)
+    sm.train_step(sum(p.sum() for p in sm.model.parameters()) * 0 + sum(p.sum() for p in sm.adversary.parameters()))
+    assert head_group["lr"] == pytest.approx(5e-3 / 4)  # step 1 of 4 warm-up steps
+    assert sm.opt.param_groups[0]["lr"] == pytest.approx(1e-4 / 4)
+    with pytest.raises(ConfigError, match="speaker_adversary_lr_factor"):
+        Config().with_overrides(loss={"speaker_adversary_lr_factor": 0.0})

@@ -146,9 +146,10 @@ def batch_loss(model: CRNN, pool: Pooler, batch: dict[str, np.ndarray], cfg: Con
 
 
 def _optimizer(model: CRNN, lr: float, lstm_lr_factor: float,
-               adversary: SpeakerAdversary | None = None) -> torch.optim.Adam:
+               adversary: SpeakerAdversary | None = None, adversary_lr_factor: float = 1.0) -> torch.optim.Adam:
     """Adam with the LSTM in its own parameter group (``lr_factor`` scales its learning rate), and
-    the speaker adversary's head in a third when there is one."""
+    the speaker adversary's head in a third (at ``adversary_lr_factor`` times the rate) when there
+    is one."""
     lstm = list(model.lstm.parameters())
     ids = {id(p) for p in lstm}
     groups = [
@@ -156,7 +157,8 @@ def _optimizer(model: CRNN, lr: float, lstm_lr_factor: float,
         {"params": lstm, "lr": lr * lstm_lr_factor, "lr_factor": lstm_lr_factor},
     ]
     if adversary is not None:
-        groups.append({"params": list(adversary.parameters()), "lr": lr, "lr_factor": 1.0})
+        groups.append({"params": list(adversary.parameters()), "lr": lr * adversary_lr_factor,
+                       "lr_factor": adversary_lr_factor})
     return torch.optim.Adam(groups, lr=lr)
 
 
@@ -221,7 +223,8 @@ class _SeedModel:
         self.adversary = (SpeakerAdversary(cfg.model.lstm_hidden, len(set(self.speakers.values())),
                                            cfg.loss.speaker_adversary)
                           if cfg.loss.speaker_adversary > 0 else None)
-        self.opt = _optimizer(self.model, self.lr, cfg.train.lstm_lr_factor, self.adversary)
+        self.opt = _optimizer(self.model, self.lr, cfg.train.lstm_lr_factor, self.adversary,
+                              cfg.loss.speaker_adversary_lr_factor)
         self.ema = _ema(self.model, cfg.train.ema_decay)
         self.step = 0
 
@@ -270,8 +273,13 @@ class _Schedule:
 
 
 def _train_epoch(sm: _SeedModel, prep: Prepared, segments: list, train_idx: list[int], pool: Pooler,
-                 rng: np.random.Generator, aug_rng: np.random.Generator, progress: Callable[[int], None]) -> list[float]:
-    """One pass over the training segments (batch order, augmentation and cuts drawn from the seed's rngs)."""
+                 rng: np.random.Generator, aug_rng: np.random.Generator, progress: Callable[[int], None]
+                 ) -> dict[str, float]:
+    """One pass over the training segments (batch order, augmentation and cuts drawn from the seed's rngs).
+
+    Returns the epoch's mean training loss, and with a speaker adversary its mean cross-entropy
+    (``speaker_loss``: near ln(speakers) means the head cannot name the voice from the network's
+    output -- the adversary is winning, or not learning)."""
     cfg = prep.cfg
     sm.model.train()
     if sm.adversary is not None:
@@ -280,17 +288,22 @@ def _train_epoch(sm: _SeedModel, prep: Prepared, segments: list, train_idx: list
     line_audio = augment_calls(prep.calls, train_idx, cfg, aug_rng)
     if cfg.train.max_batches_per_epoch:
         batches = batches[: cfg.train.max_batches_per_epoch]
-    losses = []
+    losses, speaker = [], []
     for b in batches:
         segs = [segments[i] for i in b]
         batch = batch_arrays(segs, prep.calls, cfg, rng, line_audio)
         if sm.adversary is not None:
             batch["speaker"] = segment_speakers([s.call for s in segs], sm.speakers)
-        loss, _ = batch_loss(sm.model, pool, batch, cfg, sm.adversary)
+        loss, parts = batch_loss(sm.model, pool, batch, cfg, sm.adversary)
         sm.train_step(loss)
         losses.append(float(loss.detach()))
+        if "speaker" in parts:
+            speaker.append(parts["speaker"])
         progress(1)
-    return losses
+    out = {"train_loss": float(np.mean(losses))}
+    if speaker:
+        out["speaker_loss"] = float(np.mean(speaker))
+    return out
 
 
 def _seed_setup(prep: Prepared, seed: int, out_dir: Path, threads: int | None
@@ -334,13 +347,14 @@ def train_seed(prep: Prepared, seed: int, out_dir: Path, log: Log = print,
         t0 = time.perf_counter()
         if cfg.data.segment_jitter:
             segments = make_segments(prep.calls, train_idx, cfg, rng)
-        losses = _train_epoch(sm, prep, segments, train_idx, pool, rng, aug_rng, progress)
+        train = _train_epoch(sm, prep, segments, train_idx, pool, rng, aug_rng, progress)
         dev = evaluate_calls(sm.kept, dev_calls, cfg)
-        record = {"epoch": epoch, "train_loss": float(np.mean(losses)), "dev": dev, "lr": sm.lr,
+        record = {"epoch": epoch, **train, "dev": dev, "lr": sm.lr,
                   "seconds": round(time.perf_counter() - t0, 2)}
         lines.append(json.dumps(record))
         atomic_write_text(out_dir / "metrics.jsonl", "\n".join(lines) + "\n")
-        log(f"seed {seed} epoch {epoch}/{cfg.train.epochs}: loss {record['train_loss']:.4f}  "
+        spk = f" (speaker {train['speaker_loss']:.3f})" if "speaker_loss" in train else ""
+        log(f"seed {seed} epoch {epoch}/{cfg.train.epochs}: loss {record['train_loss']:.4f}{spk}  "
             f"dev CCC valence {dev['valence']:.3f} arousal {dev['arousal']:.3f}  ({record['seconds']:.0f} s)")
         score, dead = _select(dev, cfg.train.select_on), collapsed(dev)
         if score > sched.best and not dead:
@@ -385,8 +399,8 @@ def refit_seed(prep: Prepared, seed: int, out_dir: Path, lrs: Sequence[float], l
         sm.lr = float(lr)  # the rate the source seed had in this epoch (its plateau schedule, replayed)
         if cfg.data.segment_jitter:
             segments = make_segments(prep.calls, train_idx, cfg, rng)
-        losses = _train_epoch(sm, prep, segments, train_idx, pool, rng, aug_rng, progress)
-        record = {"epoch": epoch, "train_loss": float(np.mean(losses)), "lr": sm.lr,
+        train = _train_epoch(sm, prep, segments, train_idx, pool, rng, aug_rng, progress)
+        record = {"epoch": epoch, **train, "lr": sm.lr,
                   "seconds": round(time.perf_counter() - t0, 2)}
         lines.append(json.dumps(record))
         atomic_write_text(out_dir / "metrics.jsonl", "\n".join(lines) + "\n")
