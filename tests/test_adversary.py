@@ -134,3 +134,46 @@ def test_the_head_learns_at_its_own_rate_and_follows_warm_up(tiny_corpus):
     assert sm.opt.param_groups[0]["lr"] == pytest.approx(1e-4 / 4)
     with pytest.raises(ConfigError, match="speaker_adversary_lr_factor"):
         Config().with_overrides(loss={"speaker_adversary_lr_factor": 0.0})
+
+
+def test_confusion_is_zero_for_a_uniform_head_and_matches_hand_values():
+    from cusemo_batch.training.adversary import confusion
+
+    assert float(confusion(torch.zeros(3, 5))) == pytest.approx(0.0, abs=1e-7)
+    two = torch.log(torch.tensor([[0.8, 0.2]]))
+    # -(ln 0.8 + ln 0.2) / 2 - ln 2
+    assert float(confusion(two)) == pytest.approx((0.22314355 + 1.60943791) / 2 - 0.69314718, abs=1e-6)
+
+
+def test_confusion_mode_trains_the_head_on_stopped_features_and_the_network_on_confusion(tiny_corpus):
+    prep, batch, n = _batch(tiny_corpus, 0.3)
+    torch.manual_seed(0)
+    model = CRNN(prep.cfg.model).eval()
+    head = SpeakerAdversary(prep.cfg.model.lstm_hidden, n, 0.3, mode="confusion")
+    audio, lengths = torch.from_numpy(batch["audio"]), torch.from_numpy(batch["lengths"])
+    _, seq = model(audio, lengths, return_hidden=True)
+    head_ce, push = head.parts(seq, lengths // prep.cfg.model.hop, torch.from_numpy(batch["speaker"]))
+    assert float(push.detach()) >= 0
+    head_ce.backward(retain_graph=True)  # the head's loss never reaches the network
+    assert all(p.grad is None for p in model.parameters())
+    assert any(p.grad is not None and float(p.grad.abs().max()) > 0 for p in head.parameters())
+    head.zero_grad(set_to_none=True)
+    push.backward()  # the network's confusion term never moves the head
+    assert all(p.grad is None for p in head.parameters())
+    assert any(p.grad is not None and float(p.grad.abs().max()) > 0 for p in model.parameters())
+    with pytest.raises(ValueError, match="mode"):
+        SpeakerAdversary(32, 2, 0.3, mode="flip")
+    with pytest.raises(ConfigError, match="speaker_adversary_mode"):
+        Config().with_overrides(loss={"speaker_adversary_mode": "flip"})
+
+
+def test_batch_loss_adds_head_and_weighted_confusion(tiny_corpus):
+    prep, batch, n = _batch(tiny_corpus, 0.3)
+    torch.manual_seed(0)
+    model = CRNN(prep.cfg.model).eval()
+    head = SpeakerAdversary(prep.cfg.model.lstm_hidden, n, 0.3, mode="confusion")
+    pool = Pooler(1 / 32, 0.5)
+    loss, parts = batch_loss(model, pool, batch, prep.cfg, head)
+    plain, _ = batch_loss(model, pool, batch, prep.cfg)
+    expected = float(plain.detach()) + parts["speaker"] + 0.3 * parts["speaker_confusion"]
+    assert float(loss.detach()) == pytest.approx(expected, rel=1e-6)

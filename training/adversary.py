@@ -8,6 +8,17 @@ for emotion, e.g. Li et al., ICASSP 2019), pushes the network towards features t
 the speaker. The classifier itself learns at the full rate, so the pressure follows what speaker
 information is actually left.
 
+Two ways to push (``[loss] speaker_adversary_mode``):
+
+* ``reverse`` -- the gradient-reversal layer above: the network *maximises* the head's
+  cross-entropy. Once the head is at chance that keeps pushing: the network makes the head
+  confidently *wrong* (v27's first seeds: cross-entropy 3.0-3.2 against chance 2.71, dev arousal
+  falling with it).
+* ``confusion`` -- the network minimises the cross-entropy of the head's prediction against the
+  *uniform* distribution (Tzeng et al., ICCV 2015; Alvi et al., 2018), the head's weights held
+  fixed for that term; the head learns on the network's output with the gradient stopped. The
+  network's optimum is "the head cannot tell", not "the head is wrong"; the term is 0 there.
+
 The head lives beside the network, not in it: the checkpoint, the weight average, the export and
 the scorer never see it (``[loss] speaker_adversary = 0`` -- the default -- builds nothing).
 Speakers are the training calls' groups (``[data] group_by``: the ``speaker`` context column).
@@ -15,12 +26,15 @@ Speakers are the training calls' groups (``[data] group_by``: the ``speaker`` co
 
 from __future__ import annotations
 
+import math
 from typing import Sequence
 
 import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import nn
+
+from .config import ADVERSARY_MODES as MODES
 
 #: Width of the classifier's hidden layer (one ReLU layer: enough to read identity from a pooled
 #: LSTM state, small beside the 1.3 M-parameter network).
@@ -56,17 +70,45 @@ def masked_time_mean(seq: torch.Tensor, frames: torch.Tensor) -> torch.Tensor:
 class SpeakerAdversary(nn.Module):
     """Names the training speaker of each segment from the time-mean of the network's LSTM output."""
 
-    def __init__(self, hidden_size: int, n_speakers: int, weight: float) -> None:
+    def __init__(self, hidden_size: int, n_speakers: int, weight: float, mode: str = "reverse") -> None:
         super().__init__()
         if n_speakers < 2:
             raise ValueError("speaker-adversarial training needs at least 2 training speakers")
+        if mode not in MODES:
+            raise ValueError(f"speaker adversary mode must be one of {', '.join(MODES)}, not {mode!r}")
         self.weight = float(weight)
+        self.mode = mode
         self.head = nn.Sequential(nn.Linear(hidden_size, HIDDEN), nn.ReLU(), nn.Linear(HIDDEN, n_speakers))
 
     def loss(self, seq: torch.Tensor, frames: torch.Tensor, speaker: torch.Tensor) -> torch.Tensor:
-        """Cross-entropy of the speaker prediction; its gradient reaches ``seq`` reversed."""
-        pooled = masked_time_mean(reverse_gradient(seq, self.weight), frames)
-        return F.cross_entropy(self.head(pooled), speaker)
+        """What to add to the training loss: the head's cross-entropy (its gradient reaching ``seq``
+        reversed), or with ``confusion`` the head's cross-entropy on stopped features plus
+        ``weight`` times the network's confusion term. See :meth:`parts` for the two separately."""
+        head_ce, push = self.parts(seq, frames, speaker)
+        return head_ce if push is None else head_ce + self.weight * push
+
+    def parts(self, seq: torch.Tensor, frames: torch.Tensor,
+              speaker: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """(the head's speaker cross-entropy, the network's confusion term or None with ``reverse``)."""
+        if self.mode == "reverse":
+            pooled = masked_time_mean(reverse_gradient(seq, self.weight), frames)
+            return F.cross_entropy(self.head(pooled), speaker), None
+        pooled = masked_time_mean(seq, frames)
+        head_ce = F.cross_entropy(self.head(pooled.detach()), speaker)
+        return head_ce, confusion(self._frozen_head(pooled))
+
+    def _frozen_head(self, x: torch.Tensor) -> torch.Tensor:
+        """The head applied with its weights detached: gradients reach ``x`` only."""
+        for layer in self.head:
+            x = F.linear(x, layer.weight.detach(), layer.bias.detach()) if isinstance(layer, nn.Linear) else layer(x)
+        return x
+
+
+def confusion(logits: torch.Tensor) -> torch.Tensor:
+    """Cross-entropy of ``softmax(logits)`` against the uniform distribution, minus its minimum
+    ``ln(classes)``: 0 when every row's prediction is uniform, larger the surer the head is."""
+    n = logits.shape[-1]
+    return -(F.log_softmax(logits, dim=-1).mean(dim=-1)).mean() - math.log(n)
 
 
 def speaker_ids(groups: Sequence[str], train_indices: Sequence[int]) -> dict[int, int]:

@@ -26,6 +26,7 @@ from .labels import GOLD_METHODS
 from .model_config import ModelConfig
 
 PAPER_SEEDS = (42, 24, 12, 10, 100, 125)
+ADVERSARY_MODES = ("reverse", "confusion")  # [loss] speaker_adversary_mode (training/adversary.py)
 CONFIG_DIR = Path(__file__).parent / "configs"
 
 
@@ -103,6 +104,9 @@ class LossConfig:
     # chance 2.71), and a head at chance reverses noise, not speaker information; at 100x it reaches
     # 1.76 (39 % of 15 speakers) in the same steps. Warm-up and plateau halving apply to it too.
     speaker_adversary_lr_factor: float = 100.0
+    # How the network is pushed: "reverse" (gradient reversal: maximise the head's cross-entropy)
+    # or "confusion" (make the head's prediction uniform; training/adversary.py says why).
+    speaker_adversary_mode: str = "reverse"
 
 
 @dataclass(frozen=True)
@@ -194,6 +198,8 @@ def validate(cfg: Config) -> None:
         raise ConfigError("[loss] alpha, beta, mse_weight and speaker_adversary must be >= 0")
     if cfg.loss.speaker_adversary_lr_factor <= 0:
         raise ConfigError("[loss] speaker_adversary_lr_factor must be > 0")
+    if cfg.loss.speaker_adversary_mode not in ADVERSARY_MODES:
+        raise ConfigError(f"[loss] speaker_adversary_mode must be one of {', '.join(ADVERSARY_MODES)}")
     if t.plateau_factor and (not 0 < t.plateau_factor < 1 or t.plateau_patience < 1):
         raise ConfigError("[train] plateau_factor must be in (0, 1) (0 = off) and plateau_patience >= 1")
     if not 0 <= t.ema_decay < 1:

@@ -117,8 +117,8 @@ def batch_loss(model: CRNN, pool: Pooler, batch: dict[str, np.ndarray], cfg: Con
         frames = model(audio, lengths)
     else:
         frames, seq = model(audio, lengths, return_hidden=True)
-        l_speaker = adversary.loss(seq, torch.div(lengths, model.config.hop, rounding_mode="floor"),
-                                   torch.from_numpy(batch["speaker"]))
+        l_speaker, l_push = adversary.parts(seq, torch.div(lengths, model.config.hop, rounding_mode="floor"),
+                                            torch.from_numpy(batch["speaker"]))
     bins = pool(frames, mask.shape[1])
     w = cfg.loss.mse_weight
     lv = ccc_loss(bins[..., 0], torch.from_numpy(batch["valence"]), mask, mse_weight=w)
@@ -135,9 +135,13 @@ def batch_loss(model: CRNN, pool: Pooler, batch: dict[str, np.ndarray], cfg: Con
     loss = total_loss(lv, la, l_alpha, l_beta, cfg.loss.alpha, cfg.loss.beta)
     parts = {"valence": float(lv.detach()), "arousal": float(la.detach())}
     if adversary is not None:
-        # the head minimises this at the full rate; the network gets its gradient reversed (x weight)
+        # the head minimises its cross-entropy; the network gets that gradient reversed (x weight), or
+        # with "confusion" minimises the head's certainty instead (x weight)
         loss = loss + l_speaker
         parts["speaker"] = float(l_speaker.detach())
+        if l_push is not None:
+            loss = loss + adversary.weight * l_push
+            parts["speaker_confusion"] = float(l_push.detach())
     if l_alpha is not None:
         parts["alpha"] = float(l_alpha.detach())
     if l_beta is not None:
@@ -221,7 +225,7 @@ class _SeedModel:
         # without it draws the same initial weights) exists only with [loss] speaker_adversary > 0
         self.speakers = speakers or {}
         self.adversary = (SpeakerAdversary(cfg.model.lstm_hidden, len(set(self.speakers.values())),
-                                           cfg.loss.speaker_adversary)
+                                           cfg.loss.speaker_adversary, cfg.loss.speaker_adversary_mode)
                           if cfg.loss.speaker_adversary > 0 else None)
         self.opt = _optimizer(self.model, self.lr, cfg.train.lstm_lr_factor, self.adversary,
                               cfg.loss.speaker_adversary_lr_factor)
