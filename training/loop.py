@@ -283,7 +283,8 @@ def _train_epoch(sm: _SeedModel, prep: Prepared, segments: list, train_idx: list
 
     Returns the epoch's mean training loss, and with a speaker adversary its mean cross-entropy
     (``speaker_loss``: near ln(speakers) means the head cannot name the voice from the network's
-    output -- the adversary is winning, or not learning)."""
+    output -- the adversary is winning, or not learning) and, in confusion mode, the mean
+    confusion term (``speaker_confusion``, unweighted)."""
     cfg = prep.cfg
     sm.model.train()
     if sm.adversary is not None:
@@ -292,7 +293,7 @@ def _train_epoch(sm: _SeedModel, prep: Prepared, segments: list, train_idx: list
     line_audio = augment_calls(prep.calls, train_idx, cfg, aug_rng)
     if cfg.train.max_batches_per_epoch:
         batches = batches[: cfg.train.max_batches_per_epoch]
-    losses, speaker = [], []
+    losses, speaker, confusion = [], [], []
     for b in batches:
         segs = [segments[i] for i in b]
         batch = batch_arrays(segs, prep.calls, cfg, rng, line_audio)
@@ -303,10 +304,14 @@ def _train_epoch(sm: _SeedModel, prep: Prepared, segments: list, train_idx: list
         losses.append(float(loss.detach()))
         if "speaker" in parts:
             speaker.append(parts["speaker"])
+        if "speaker_confusion" in parts:
+            confusion.append(parts["speaker_confusion"])
         progress(1)
     out = {"train_loss": float(np.mean(losses))}
     if speaker:
         out["speaker_loss"] = float(np.mean(speaker))
+    if confusion:  # logged so that the emotion part of train_loss can be told apart
+        out["speaker_confusion"] = float(np.mean(confusion))
     return out
 
 
