@@ -210,9 +210,14 @@ def test_range_has_trend(demo_out, tmp_path):
 def test_speaker_filter_and_user_errors(demo_out, tmp_path):
     path = build(demo_out, date=D24, speaker="agent", output=tmp_path / "a.html")
     agent = flagged_calls(demo_out, D24, "agent")
-    # the embedded model's demo night (README's table): only the recovery agent has a flag
-    assert parse(path).classes.get("figure.call-plot") == len(agent) == 1
-    assert agent < flagged_calls(demo_out, D24)  # so the agent filter drops a call the full report shows
+    # the embedded model's demo night (README's table): both agents of the 24th have a flag (the
+    # anger_escalation agent's valence_drop, the recovery agent's arousal_spike)
+    assert parse(path).classes.get("figure.call-plot") == len(agent) == 2
+    # over both nights the agent filter drops a call the full report shows (the 25th has a client only)
+    both = build(demo_out, date_from=D24, date_to=D25, speaker="agent", output=tmp_path / "b.html")
+    agent = flagged_calls(demo_out, speaker="agent")
+    assert parse(both).classes.get("figure.call-plot") == len(agent) == 2
+    assert agent < flagged_calls(demo_out)
     with pytest.raises(ReportError, match="no speaker 'custmer'.*client, agent"):
         build(demo_out, date=D24, speaker="custmer", output=tmp_path / "x.html")
     with pytest.raises(ReportError, match="no calls, errors or runs for 2026-10-01"):
