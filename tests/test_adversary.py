@@ -177,3 +177,23 @@ def test_batch_loss_adds_head_and_weighted_confusion(tiny_corpus):
     plain, _ = batch_loss(model, pool, batch, prep.cfg)
     expected = float(plain.detach()) + parts["speaker"] + 0.3 * parts["speaker_confusion"]
     assert float(loss.detach()) == pytest.approx(expected, rel=1e-6)
+
+
+def test_one_training_speaker_is_a_clear_error_before_any_seed_starts(tiny_corpus, tmp_path):
+    """A call center's corpus may have one voice in training (or no `speaker` column and one call):
+    the default recipe's adversary then has nothing to tell apart. `train` says so, as a user
+    error naming the setting, before any seed (or worker process) starts."""
+    from click.testing import CliRunner
+
+    from cusemo_batch.cli import main
+
+    cfg = tmp_path / "one.toml"
+    cfg.write_text('[model]\nconv_channels = [8, 16, 16]\nlstm_hidden = 32\nmlp_sizes = [32, 16]\n'
+                   '[data]\nsegment_s = 10\nsplit = [0.34, 0.66, 0.0]\n'
+                   '[train]\nepochs = 1\nseeds = [0, 1]\n[loss]\nspeaker_adversary = 0.3\n')
+    r = CliRunner().invoke(main, ["train", str(tiny_corpus), "--out", str(tmp_path / "run"),
+                                  "--config", str(cfg), "--jobs", "2"])
+    assert r.exit_code != 0 and isinstance(r.exception, SystemExit), r.output
+    assert "needs at least 2 training speakers" in r.output and "speaker_adversary = 0" in r.output
+    assert "Traceback" not in r.output
+    assert not list((tmp_path / "run").glob("seed_*"))

@@ -320,6 +320,11 @@ def test_augment_and_loss_sections_are_read_and_validated(tmp_path):
     assert cfg.augment.noise_colours == ("white", "pink") and cfg.train.patience == 8  # v14
     assert cfg.model.spec_freq_masks == 0 and cfg.augment.snr_db == (15.0, 35.0)  # v15
     assert cfg.train.ema_decay == 0.99 and cfg.train.plateau_patience == 4  # v21
+    assert cfg.loss.speaker_adversary == 0.3 and cfg.loss.speaker_adversary_mode == "confusion"  # v28
+    v21 = load_config("ravdess_v21")  # the recipe v28 replaced stays loadable, without the adversary
+    assert v21.loss.speaker_adversary == 0 and v21.train.ema_decay == 0.99
+    assert {k: v for k, v in v21.to_dict().items() if k not in ("name", "loss")} == \
+        {k: v for k, v in cfg.to_dict().items() if k not in ("name", "loss")}
     v17 = load_config("ravdess_v17")  # the recipe v21 replaced stays loadable, without the average
     assert (v17.train.ema_decay, v17.train.plateau_patience, v17.train.epochs) == (0.0, 2, 45)
     v14 = load_config("ravdess_v14")  # the recipe v15 replaced stays loadable with its masking

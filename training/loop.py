@@ -517,6 +517,11 @@ def run_training(corpus_dir: str | Path, cfg: Config, out_dir: str | Path, log: 
     if refit_from is not None:
         plan = read_refit_plan(refit_from, prep.cfg.to_dict(), prep.data_sha256, prep.split, prep.cfg.train.seeds)
         prep.split = refit_split(prep.split)
+    if prep.cfg.loss.speaker_adversary > 0:  # before any seed starts (or a worker process fails on it)
+        voices = {prep.calls[i].group for i in prep.indices("train")}
+        if len(voices) < 2:
+            raise ValueError(f"[loss] speaker_adversary needs at least 2 training speakers, these calls have "
+                             f"{len(voices)}: set speaker_adversary = 0 in the config (the default recipe has 0.3)")
     config_record = {"config": prep.cfg.to_dict(), "corpus": str(Path(corpus_dir).resolve()),
                      "data_sha256": prep.data_sha256,
                      "selected_calls": None if calls is None else len(prep.calls)}
