@@ -1,12 +1,13 @@
-"""Speaker-adversarial training: a speaker classifier behind a gradient-reversal layer.
+"""Speaker-adversarial training: a speaker classifier the network learns to defeat.
 
 Why: the default recipe learns from ~15 voices, and on dev its arousal carries per-speaker offsets
 (up to -0.37 for one held-out actor, v21 seed 42): part of what the network uses for "aroused" is
 *who* is speaking. A classifier that tries to name the training speaker from the LSTM's output,
 with its gradient reversed (times ``weight``) on the way into the network (Ganin & Lempitsky 2015;
 for emotion, e.g. Li et al., ICASSP 2019), pushes the network towards features that do not name
-the speaker. The classifier itself learns at the full rate, so the pressure follows what speaker
-information is actually left.
+the speaker. The classifier learns at its own, higher rate (``speaker_adversary_lr_factor``, 100:
+at the network's rate it stayed at chance and pushed nothing), so the pressure follows what
+speaker information is actually left. The default recipe uses it since v28, in ``confusion`` mode.
 
 Two ways to push (``[loss] speaker_adversary_mode``):
 
