@@ -67,7 +67,7 @@ def test_speaker_loss_reaches_the_network_reversed_and_scaled(tiny_corpus):
     assert n == 2 and set(batch["speaker"].tolist()) <= {0, 1}
     torch.manual_seed(0)
     model = CRNN(prep.cfg.model).eval()
-    head = SpeakerAdversary(prep.cfg.model.lstm_hidden, n, 0.25)
+    head = SpeakerAdversary(prep.cfg.model.lstm_hidden, n, 0.25, "reverse")
     audio, lengths = torch.from_numpy(batch["audio"]), torch.from_numpy(batch["lengths"])
     frames = lengths // prep.cfg.model.hop
     target = torch.from_numpy(batch["speaker"])
@@ -94,7 +94,7 @@ def test_batch_loss_adds_the_speaker_term(tiny_corpus):
     prep, batch, n = _batch(tiny_corpus, 0.1)
     torch.manual_seed(0)
     model = CRNN(prep.cfg.model).eval()
-    head = SpeakerAdversary(prep.cfg.model.lstm_hidden, n, 0.1)
+    head = SpeakerAdversary(prep.cfg.model.lstm_hidden, n, 0.1, "reverse")
     pool = Pooler(1 / 32, 0.5)
     loss, parts = batch_loss(model, pool, batch, prep.cfg, head)
     plain, plain_parts = batch_loss(model, pool, batch, prep.cfg)

@@ -68,13 +68,20 @@ def masked_time_mean(seq: torch.Tensor, frames: torch.Tensor) -> torch.Tensor:
     return (seq * inside[..., None]).sum(1) / n[:, None]
 
 
+def require_speakers(n_speakers: int) -> None:
+    """Raise ValueError unless there are at least 2 training speakers: with one there is nothing to
+    tell apart. The one check, for the head and for `train` before any seed starts."""
+    if n_speakers < 2:
+        raise ValueError(f"[loss] speaker_adversary needs at least 2 training speakers, these calls have "
+                         f"{n_speakers}: set speaker_adversary = 0 in the config (the default recipe has 0.3)")
+
+
 class SpeakerAdversary(nn.Module):
     """Names the training speaker of each segment from the time-mean of the network's LSTM output."""
 
-    def __init__(self, hidden_size: int, n_speakers: int, weight: float, mode: str = "reverse") -> None:
+    def __init__(self, hidden_size: int, n_speakers: int, weight: float, mode: str = "confusion") -> None:
         super().__init__()
-        if n_speakers < 2:
-            raise ValueError("speaker-adversarial training needs at least 2 training speakers")
+        require_speakers(n_speakers)
         if mode not in MODES:
             raise ValueError(f"speaker adversary mode must be one of {', '.join(MODES)}, not {mode!r}")
         self.weight = float(weight)

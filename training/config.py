@@ -95,18 +95,19 @@ class LossConfig:
     # segments; a small MSE term anchors the scale (End2You and AVEC systems use CCC + MSE).
     mse_weight: float = 0.0
     # Speaker-adversarial training (training/adversary.py): a classifier names each segment's
-    # training speaker from the LSTM output, its gradient reversed times this weight into the
-    # network, so the network is pushed away from features that identify the voice. 0 = off (no
-    # head is built; checkpoints and exports are the same either way).
+    # training speaker from the LSTM output and the network is pushed, times this weight, away
+    # from features that identify the voice. 0 = off (no head is built; checkpoints and exports are
+    # the same either way); the default recipe has 0.3 since v28.
     speaker_adversary: float = 0.0
     # The head's learning rate as a multiple of the network's. At the network's 1e-4 it does not
     # learn (probe on v21 seed 42's LSTM output: speaker cross-entropy 2.70 -> 2.66 in 300 steps,
     # chance 2.71), and a head at chance reverses noise, not speaker information; at 100x it reaches
     # 1.76 (39 % of 15 speakers) in the same steps. Warm-up and plateau halving apply to it too.
     speaker_adversary_lr_factor: float = 100.0
-    # How the network is pushed: "reverse" (gradient reversal: maximise the head's cross-entropy)
-    # or "confusion" (make the head's prediction uniform; training/adversary.py says why).
-    speaker_adversary_mode: str = "reverse"
+    # How the network is pushed: "confusion" (make the head's prediction uniform; v28, shipped) or
+    # "reverse" (gradient reversal: maximise the head's cross-entropy; v27 lost on dev with it,
+    # driving the head above chance -- training/adversary.py says why).
+    speaker_adversary_mode: str = "confusion"
 
 
 @dataclass(frozen=True)

@@ -29,7 +29,7 @@ import torch
 
 from cusemo_batch.files import atomic_write_text
 
-from .adversary import SpeakerAdversary, segment_speakers, speaker_ids
+from .adversary import SpeakerAdversary, require_speakers, segment_speakers, speaker_ids
 from .checkpoint import load_checkpoint, save_checkpoint
 from .config import Config
 from .corpus import Corpus, read_corpus
@@ -315,6 +315,16 @@ def _train_epoch(sm: _SeedModel, prep: Prepared, segments: list, train_idx: list
     return out
 
 
+def _training_speakers(prep: Prepared) -> dict[int, int] | None:
+    """Call index -> training-speaker class for the speaker adversary (None without one); raises
+    ValueError with fewer than 2 training speakers."""
+    if prep.cfg.loss.speaker_adversary <= 0:
+        return None
+    ids = speaker_ids([c.group for c in prep.calls], prep.indices("train"))
+    require_speakers(len(set(ids.values())))
+    return ids
+
+
 def _seed_setup(prep: Prepared, seed: int, out_dir: Path, threads: int | None
                 ) -> tuple[np.random.Generator, np.random.Generator, _SeedModel, Pooler]:
     """What one seed starts from, in a fixed order (torch seed, then the initial weights): the
@@ -328,9 +338,7 @@ def _seed_setup(prep: Prepared, seed: int, out_dir: Path, threads: int | None
     aug_rng = np.random.default_rng([seed, 1])
     if threads or cfg.train.threads:
         torch.set_num_threads(threads or cfg.train.threads)
-    speakers = (speaker_ids([c.group for c in prep.calls], prep.indices("train"))
-                if cfg.loss.speaker_adversary > 0 else None)
-    sm = _SeedModel(cfg, speakers=speakers)
+    sm = _SeedModel(cfg, speakers=_training_speakers(prep))
     pool = Pooler(1 / cfg.model.frame_rate, cfg.data.label_rate_ms / 1000)
     return rng, aug_rng, sm, pool
 
@@ -517,11 +525,7 @@ def run_training(corpus_dir: str | Path, cfg: Config, out_dir: str | Path, log: 
     if refit_from is not None:
         plan = read_refit_plan(refit_from, prep.cfg.to_dict(), prep.data_sha256, prep.split, prep.cfg.train.seeds)
         prep.split = refit_split(prep.split)
-    if prep.cfg.loss.speaker_adversary > 0:  # before any seed starts (or a worker process fails on it)
-        voices = {prep.calls[i].group for i in prep.indices("train")}
-        if len(voices) < 2:
-            raise ValueError(f"[loss] speaker_adversary needs at least 2 training speakers, these calls have "
-                             f"{len(voices)}: set speaker_adversary = 0 in the config (the default recipe has 0.3)")
+    _training_speakers(prep)  # raises before any seed starts (or a worker process fails on it)
     config_record = {"config": prep.cfg.to_dict(), "corpus": str(Path(corpus_dir).resolve()),
                      "data_sha256": prep.data_sha256,
                      "selected_calls": None if calls is None else len(prep.calls)}
